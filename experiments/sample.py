@@ -1,0 +1,25 @@
+"""Sample molecules from a trained run: python experiments/sample.py run_dir=DIR n=30000."""
+
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from _common import log
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="sample")
+def main(cfg: DictConfig) -> None:
+    import molvae
+    from molvae import runs
+
+    out = Path(cfg.run_dir)
+    model = molvae.load(out)
+    smiles = model.sample(cfg.n, temperature=cfg.temperature, seed=cfg.seed, greedy=cfg.greedy)
+    df = runs.write_samples(out, smiles)
+    log.info("%d samples, %.1f%% valid -> %s", len(df), 100 * df["valid"].mean(),
+             out / runs.SAMPLES_CSV)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""The public Python API: load a trained model, encode, decode, sample, score likelihoods."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from molvae import runs, sample
+from molvae.models.vae import VAE, ModelConfig
+from molvae.vocab import Vocab
+
+log = logging.getLogger(__name__)
+PRETRAINED = {"moses": Path(__file__).parent / "assets" / "pretrained" / "moses"}
+
+
+class MolVAE:
+    """A trained SELFIES VAE with its vocabulary. Inputs SMILES lists, outputs numpy / SMILES."""
+
+    def __init__(self, model: VAE, vocab: Vocab, max_len: int, run_dir: Path | None = None,
+                 config: dict | None = None):
+        self.model, self.vocab, self.max_len = model, vocab, max_len
+        self.run_dir, self.config = run_dir, config or {}
+        self._dec = sample.Decoder(model, vocab, max_len)
+
+    @property
+    def latent_dim(self) -> int:
+        return self.model.cfg.latent_dim
+
+    def __repr__(self) -> str:
+        return (f"MolVAE(latent_dim={self.latent_dim}, vocab={len(self.vocab)}, "
+                f"max_len={self.max_len}, run_dir={str(self.run_dir)!r})")
+
+    def encode(self, smiles: Sequence[str], return_logvar: bool = False):
+        """Posterior means (n, latent_dim); with return_logvar also the log-variances.
+
+        Raises ValueError naming the molecule for invalid SMILES or unknown SELFIES symbols.
+        """
+        mu, logvar = self._dec.encode(list(smiles))
+        return (mu, logvar) if return_logvar else mu
+
+    def decode(self, z: np.ndarray, greedy: bool = True, temperature: float = 1.0,
+               seed: int = 0) -> list[str]:
+        """Canonical SMILES for latents z (n, latent_dim); '' where decoding fails."""
+        return self._dec.decode(np.asarray(z), seed, temperature, greedy)
+
+    def sample(self, n: int, temperature: float = 1.0, seed: int = 0, greedy: bool = False,
+               scale: float = 1.0) -> list[str]:
+        """n molecules from the prior z ~ N(0, scale^2 I), decoded stochastically at
+        `temperature` (or greedily). Same seed, same molecules."""
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        z = sample.prior(n, self.latent_dim, seed, scale)
+        return self.decode(z, greedy=greedy, temperature=temperature, seed=seed + 1)
+
+    def reconstruct(self, smiles: Sequence[str], greedy: bool = True, seed: int = 0) -> list[str]:
+        """Encode to the posterior mean, decode back."""
+        return self.decode(self.encode(smiles), greedy=greedy, seed=seed)
+
+    def interpolate(self, a: str, b: str, steps: int = 8, method: str = "slerp") -> list[str]:
+        """Molecules along the path from a's latent to b's (endpoints included)."""
+        za, zb = self.encode([a, b])
+        path = {"slerp": sample.slerp, "linear": sample.lerp}.get(method)
+        if path is None:
+            raise ValueError(f"method must be 'slerp' or 'linear', got {method!r}")
+        return self.decode(path(za, zb, steps))
+
+    def neighbours(self, smiles: str, n: int = 16, scale: float = 0.5, seed: int = 0) -> list[str]:
+        """n molecules decoded from z(smiles) + scale * N(0, I)."""
+        z = self.encode([smiles])[0]
+        return self.decode(sample.neighbourhood(z, n, scale, seed))
+
+    def log_likelihood(self, smiles: Sequence[str], k: int = 64, seed: int = 0,
+                       details: bool = False):
+        """Importance-weighted lower bound on log p(x) per molecule, in nats (k samples).
+
+        With details=True: dict with log_likelihood, rate (KL, nats) and distortion (nats).
+        """
+        out = self._dec.log_likelihood(list(smiles), k=k, seed=seed)
+        return out if details else out["log_likelihood"]
+
+
+def _restore_params(model: VAE, run_dir: Path) -> None:
+    if (run_dir / runs.PARAMS_NPZ).exists():
+        runs.import_params(model, run_dir / runs.PARAMS_NPZ)
+        return
+    ckpt = (run_dir / runs.CHECKPOINTS).absolute()
+    mngr = ocp.CheckpointManager(ckpt, options=ocp.CheckpointManagerOptions(create=False))
+    step = mngr.latest_step() if ckpt.exists() else None
+    if step is None:
+        raise runs.RunFolderError(f"{run_dir}: no {runs.PARAMS_NPZ} and no checkpoint in {ckpt}")
+    from molvae.train import restore_into  # training code only when reading a checkpoint
+
+    restore_into(mngr, step, nnx.state(model), with_opt=False)
+    log.info("loaded %s at step %d", run_dir, step)
+
+
+def load(run_dir: str | Path) -> MolVAE:
+    """A trained model from a run folder, or 'pretrained:moses' for the shipped MOSES model.
+
+    Reads run.json and vocab.json as plain data (nothing in the folder is executed or
+    instantiated), then the parameters from params.npz or the latest orbax checkpoint.
+    """
+    if isinstance(run_dir, str) and run_dir.startswith("pretrained:"):
+        name = run_dir.split(":", 1)[1]
+        if name not in PRETRAINED:
+            raise ValueError(f"unknown pretrained model {name!r}; available: {sorted(PRETRAINED)}")
+        run_dir = PRETRAINED[name]
+        if not (run_dir / runs.PARAMS_NPZ).exists():
+            raise runs.RunFolderError(f"the pretrained model {name!r} is not shipped in this "
+                                      f"installation ({run_dir})")
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise runs.RunFolderError(f"run folder {run_dir} does not exist")
+    model_cfg, vocab, max_len, config = runs.read_run_info(run_dir)
+    model = build_model(model_cfg)
+    _restore_params(model, run_dir)
+    return MolVAE(model, vocab, max_len, run_dir, config)
+
+
+def build_model(cfg: ModelConfig, seed: int = 0) -> VAE:
+    return VAE(cfg, rngs=nnx.Rngs(seed))

@@ -1,0 +1,244 @@
+"""RDKit chemistry: canonical SMILES, SELFIES conversion, properties, fingerprints, similarity."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import selfies as sf
+from rdkit import Chem, RDLogger
+from rdkit.Chem import QED, Crippen, Descriptors, rdFingerprintGenerator
+from rdkit.Contrib.SA_Score import sascorer
+
+RDLogger.DisableLog("rdApp.*")  # invalid molecules are counted by callers, not printed one by one
+
+# ZINC250k statistics used by JT-VAE (Jin et al. 2018, bo/run_bo.py) to normalise penalized logP.
+_ZINC_LOGP = (2.4570953396190123, 1.434324401111988)
+_ZINC_SA = (-3.0525811293166134, 0.8335207024513095)
+_ZINC_CYCLE = (-0.0485696876403053, 0.2860212110245455)
+
+FP_RADIUS, FP_BITS = 2, 1024  # MOSES's Morgan fingerprint settings
+_SERIAL_BELOW = 4000  # below this many molecules a process pool costs more than it saves
+
+
+# ----------------------------------------------------------------------------- parsing
+
+
+def mol_from_smiles(smiles: str | None) -> Chem.Mol | None:
+    """RDKit molecule from SMILES, or None if empty, unparsable or unsanitizable."""
+    if not smiles or not isinstance(smiles, str):
+        return None
+    mol = Chem.MolFromSmiles(smiles)
+    if mol is None or mol.GetNumAtoms() == 0:
+        return None
+    return mol
+
+
+def canonical(smiles: str | None, isomeric: bool = True) -> str | None:
+    """RDKit canonical SMILES, or None for an invalid molecule."""
+    mol = mol_from_smiles(smiles)
+    return None if mol is None else Chem.MolToSmiles(mol, isomericSmiles=isomeric)
+
+
+def is_valid(smiles: str | None) -> bool:
+    """True if RDKit parses and sanitizes the SMILES into a non-empty molecule (MOSES's validity)."""
+    return mol_from_smiles(smiles) is not None
+
+
+def smiles_to_selfies(smiles: str) -> str | None:
+    """SELFIES string of a SMILES, or None if selfies cannot encode it."""
+    try:
+        return sf.encoder(smiles)
+    except sf.EncoderError:
+        return None
+
+
+def selfies_to_smiles(selfies: str) -> str:
+    """Canonical SMILES decoded from a SELFIES string; '' if it does not give a valid molecule."""
+    try:
+        smi = sf.decoder(selfies)
+    except sf.DecoderError:
+        return ""
+    return canonical(smi) or ""
+
+
+# ----------------------------------------------------------------------------- properties
+
+
+def qed(mol: Chem.Mol) -> float:
+    """RDKit QED (Bickerton et al. 2012, default weights)."""
+    return float(QED.qed(mol))
+
+
+def logp(mol: Chem.Mol) -> float:
+    """Wildman-Crippen logP as RDKit computes it."""
+    return float(Crippen.MolLogP(mol))
+
+
+def sa(mol: Chem.Mol) -> float:
+    """Synthetic accessibility (Ertl & Schuffenhauer 2009), RDKit Contrib sascorer, 1 (easy)..10."""
+    return float(sascorer.calculateScore(mol))
+
+
+def weight(mol: Chem.Mol) -> float:
+    """Average molecular weight (MOSES's `weight`)."""
+    return float(Descriptors.MolWt(mol))
+
+
+def largest_ring_size(mol: Chem.Mol) -> int:
+    rings = mol.GetRingInfo().AtomRings()
+    return max((len(r) for r in rings), default=0)
+
+
+def ring_penalty(mol: Chem.Mol) -> int:
+    """Number of atoms by which the largest ring exceeds six (0 for rings of up to six atoms)."""
+    return max(largest_ring_size(mol) - 6, 0)
+
+
+def penalized_logp(mol: Chem.Mol) -> float:
+    """Unnormalised penalized logP: logP - SA - ring penalty (as reported by GCPN, LIMO)."""
+    return logp(mol) - sa(mol) - ring_penalty(mol)
+
+
+def penalized_logp_zinc(mol: Chem.Mol) -> float:
+    """Penalized logP as in JT-VAE: each term standardised with ZINC250k's mean and std."""
+    z_logp = (logp(mol) - _ZINC_LOGP[0]) / _ZINC_LOGP[1]
+    z_sa = (-sa(mol) - _ZINC_SA[0]) / _ZINC_SA[1]
+    z_cycle = (-ring_penalty(mol) - _ZINC_CYCLE[0]) / _ZINC_CYCLE[1]
+    return z_logp + z_sa + z_cycle
+
+
+PROPERTIES: dict[str, Callable[[Chem.Mol], float]] = {
+    "qed": qed,
+    "logp": logp,
+    "sa": sa,
+    "weight": weight,
+    "plogp": penalized_logp,
+    "plogp_zinc": penalized_logp_zinc,
+}
+
+
+def _property_row(args: tuple[str, tuple[str, ...]]) -> list[float]:
+    smiles, names = args
+    mol = mol_from_smiles(smiles)
+    if mol is None:
+        return [math.nan] * len(names)
+    return [PROPERTIES[n](mol) for n in names]
+
+
+def properties(
+    smiles: Sequence[str], names: Sequence[str] = ("qed", "logp", "sa", "weight", "plogp"),
+    n_jobs: int | None = None,
+) -> pd.DataFrame:
+    """Table of properties, one row per SMILES (nan for invalid ones), computed in parallel."""
+    unknown = [n for n in names if n not in PROPERTIES]
+    if unknown:
+        raise KeyError(f"unknown properties {unknown}; known: {sorted(PROPERTIES)}")
+    names = tuple(names)
+    rows = parallel_map(_property_row, [(s, names) for s in smiles], n_jobs=n_jobs)
+    return pd.DataFrame(rows, columns=list(names), index=pd.RangeIndex(len(rows)), dtype=float)
+
+
+# ----------------------------------------------------------------------------- fingerprints
+
+_FPGEN = None
+
+
+def _generator():
+    global _FPGEN
+    if _FPGEN is None:
+        _FPGEN = rdFingerprintGenerator.GetMorganGenerator(radius=FP_RADIUS, fpSize=FP_BITS)
+    return _FPGEN
+
+
+def _fp_row(smiles: str) -> np.ndarray | None:
+    mol = mol_from_smiles(smiles)
+    return None if mol is None else _generator().GetFingerprintAsNumPy(mol).astype(np.uint8)
+
+
+def fingerprints(smiles: Sequence[str], n_jobs: int | None = None) -> np.ndarray:
+    """Morgan fingerprints (radius 2, 1024 bits), (n, 1024) uint8; all-zero rows for invalid."""
+    rows = parallel_map(_fp_row, list(smiles), n_jobs=n_jobs)
+    out = np.zeros((len(rows), FP_BITS), np.uint8)
+    for i, r in enumerate(rows):
+        if r is not None:
+            out[i] = r
+    return out
+
+
+def tanimoto(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Tanimoto similarity of every row of binary `a` (n, d) with every row of `b` (m, d) -> (n, m).
+
+    Two empty fingerprints have similarity 1 (identical), as in MOSES.
+    """
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    inter = a @ b.T
+    union = a.sum(1, keepdims=True) + b.sum(1)[None, :] - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sim = np.where(union > 0, inter / union, 1.0)
+    return sim.astype(np.float32)
+
+
+def similarity(smiles: Sequence[str], target: str) -> np.ndarray:
+    """Tanimoto similarity of each SMILES to one target SMILES (nan for invalid)."""
+    fps = fingerprints(list(smiles) + [target])
+    valid = np.array([is_valid(s) for s in smiles])
+    sims = tanimoto(fps[:-1], fps[-1:])[:, 0]
+    return np.where(valid, sims, np.nan)
+
+
+# ----------------------------------------------------------------------------- parallelism
+
+
+def default_jobs() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+
+
+def parallel_map(
+    fn: Callable[[Any], Any], items: Iterable[Any], n_jobs: int | None = None, chunksize: int = 0
+) -> list[Any]:
+    """map(fn, items) across processes for RDKit work; serial for small inputs or n_jobs == 1.
+
+    Uses the 'spawn' start method: forking a process that has started JAX's threads can deadlock.
+    `fn` must be a module-level function.
+    """
+    items = list(items)
+    n_jobs = default_jobs() if n_jobs is None else n_jobs
+    if n_jobs <= 1 or len(items) < _SERIAL_BELOW:
+        return [fn(x) for x in items]
+    chunksize = chunksize or max(256, len(items) // (n_jobs * 8))
+    with ProcessPoolExecutor(n_jobs, mp_context=get_context("spawn")) as pool:
+        return list(pool.map(fn, items, chunksize=chunksize))
+
+
+# ----------------------------------------------------------------------------- substructures
+
+
+def morgan_bits(mol: Chem.Mol) -> np.ndarray:
+    """Morgan fingerprint (radius 2, 1024 bits) of one molecule, (1024,) uint8, as MOSES's."""
+    return _generator().GetFingerprintAsNumPy(mol).astype(np.uint8)
+
+
+def brics_fragments(mol: Chem.Mol) -> list[str]:
+    """SMILES of the pieces left by cutting every BRICS bond (dummy atoms mark the cuts), MOSES."""
+    return Chem.MolToSmiles(Chem.FragmentOnBRICSBonds(mol)).split(".")
+
+
+def murcko_scaffold(mol: Chem.Mol, min_rings: int = 2) -> str | None:
+    """Bemis-Murcko scaffold SMILES, or None if it has fewer than min_rings rings (MOSES's rule)."""
+    from rdkit.Chem.Scaffolds import MurckoScaffold
+
+    try:
+        scaffold = MurckoScaffold.GetScaffoldForMol(mol)
+    except (ValueError, RuntimeError):
+        return None
+    smiles = Chem.MolToSmiles(scaffold)
+    if not smiles or scaffold.GetRingInfo().NumRings() < min_rings:
+        return None
+    return smiles

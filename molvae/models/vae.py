@@ -1,0 +1,159 @@
+"""The SELFIES VAE: bidirectional GRU encoder, z-conditioned GRU decoder, and their wiring."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from molvae.models.gru import GRU, reverse_padded
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture. Defaults are the demo model; `moses_gru` mirrors the MOSES VAE."""
+
+    vocab_size: int = 0  # set from the vocabulary
+    embed_dim: int = 64
+    enc_hidden: int = 256
+    enc_layers: int = 1
+    bidirectional: bool = True
+    latent_dim: int = 64
+    dec_hidden: int = 512
+    dec_layers: int = 1
+    dtype: str = "float32"  # compute dtype of the recurrent matmuls: float32 or bfloat16
+
+    def __post_init__(self) -> None:
+        for name in ("embed_dim", "enc_hidden", "enc_layers", "latent_dim", "dec_hidden",
+                     "dec_layers"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"model.{name} must be positive, got {getattr(self, name)}")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"model.dtype must be float32 or bfloat16, got {self.dtype!r}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class Encoder(nnx.Module):
+    """Token ids -> (mu, logvar) of q(z|x) from the final states of a (bi)GRU stack."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        dirs = 2 if cfg.bidirectional else 1
+        self.embed = nnx.Embed(cfg.vocab_size, cfg.embed_dim, rngs=rngs)
+        ins = [cfg.embed_dim] + [cfg.enc_hidden * dirs] * (cfg.enc_layers - 1)
+        self.fwd = nnx.List([GRU(d, cfg.enc_hidden, rngs=rngs) for d in ins])
+        self.bwd = nnx.List(
+            [GRU(d, cfg.enc_hidden, rngs=rngs) for d in ins] if cfg.bidirectional else []
+        )
+        self.to_mu = nnx.Linear(cfg.enc_hidden * dirs, cfg.latent_dim, rngs=rngs)
+        self.to_logvar = nnx.Linear(cfg.enc_hidden * dirs, cfg.latent_dim, rngs=rngs)
+
+    def __call__(self, tokens: jax.Array, lengths: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """tokens (B, T) = [bos, symbols, eos, pad]; reads symbols + eos (lengths of them)."""
+        x = self.embed(tokens[:, 1:])  # (B, L, E)
+        mask = jnp.arange(x.shape[1])[None, :] < lengths[:, None]  # (B, L)
+        B, H = x.shape[0], self.cfg.enc_hidden
+        finals = []
+        for i, fwd in enumerate(self.fwd):
+            h0 = jnp.zeros((B, H), x.dtype)
+            ys, hf = fwd(x, h0, mask)
+            if self.cfg.bidirectional:
+                ys_b, hb = self.bwd[i](reverse_padded(x, lengths), h0, mask)
+                ys = jnp.concatenate([ys, reverse_padded(ys_b, lengths)], axis=-1)
+                finals = [hf, hb]
+            else:
+                finals = [hf]
+            x = ys
+        h = jnp.concatenate(finals, axis=-1)  # (B, H * dirs) of the last layer
+        return self.to_mu(h), self.to_logvar(h)
+
+
+class Decoder(nnx.Module):
+    """GRU stack conditioned on z: z sets the initial states and is fed at every step."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.embed = nnx.Embed(cfg.vocab_size, cfg.embed_dim, rngs=rngs)
+        self.z_to_h = nnx.Linear(cfg.latent_dim, cfg.dec_hidden * cfg.dec_layers, rngs=rngs)
+        # Layer 0's input is [embedding, z]; z's part of the projection is constant over time.
+        self.z_to_in = nnx.Linear(cfg.latent_dim, 3 * cfg.dec_hidden, use_bias=False, rngs=rngs)
+        ins = [cfg.embed_dim] + [cfg.dec_hidden] * (cfg.dec_layers - 1)
+        self.layers = nnx.List([GRU(d, cfg.dec_hidden, rngs=rngs) for d in ins])
+        self.out = nnx.Linear(cfg.dec_hidden, cfg.vocab_size, rngs=rngs)
+
+    def initial_state(self, z: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
+        """Per-layer initial states (list of (B, H)) and the z input projection (B, 3H)."""
+        h = jnp.tanh(self.z_to_h(z))
+        return self.z_to_in(z), list(jnp.split(h, self.cfg.dec_layers, axis=-1))
+
+    def __call__(self, z: jax.Array, tokens_in: jax.Array) -> jax.Array:
+        """Teacher forcing: logits (B, L, V) for inputs tokens_in (B, L) = [bos, symbols...]."""
+        zin, hs = self.initial_state(z)
+        x = self.embed(tokens_in)
+        for i, layer in enumerate(self.layers):
+            x, _ = layer(x, hs[i], extra=zin if i == 0 else None)
+        return self.out(x)
+
+    def step(
+        self, token: jax.Array, zin: jax.Array, hs: list[jax.Array]
+    ) -> tuple[jax.Array, list[jax.Array]]:
+        """One decoding step: token (B,) -> logits (B, V) and the new per-layer states."""
+        x = self.embed(token)
+        new = []
+        for i, layer in enumerate(self.layers):
+            xp = layer.project(x) + (zin if i == 0 else 0.0)
+            x = layer.step(xp, hs[i])
+            new.append(x)
+        return self.out(x), new
+
+
+class VAE(nnx.Module):
+    """Encoder + reparameterisation + decoder."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        if cfg.vocab_size <= 3:
+            raise ValueError("ModelConfig.vocab_size must be set from the vocabulary")
+        self.cfg = cfg
+        self.encoder = Encoder(cfg, rngs=rngs)
+        self.decoder = Decoder(cfg, rngs=rngs)
+
+    def encode(self, tokens: jax.Array, lengths: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return self.encoder(tokens, lengths)
+
+    def __call__(
+        self, tokens: jax.Array, lengths: jax.Array, key: jax.Array
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Logits (B, L, V) for targets tokens[:, 1:], and (mu, logvar) (B, Z)."""
+        mu, logvar = self.encode(tokens, lengths)
+        z = mu + jnp.exp(0.5 * logvar) * jax.random.normal(key, mu.shape, mu.dtype)
+        return self.decoder(z, tokens[:, :-1]), mu, logvar
+
+    def generate(
+        self, z: jax.Array, key: jax.Array, max_len: int, temperature: float | jax.Array = 1.0,
+        greedy: bool = False,
+    ) -> jax.Array:
+        """Decode z (B, Z) autoregressively to ids (B, max_len + 1); pad (0) after eos (2)."""
+        B = z.shape[0]
+        zin, hs = self.decoder.initial_state(z)
+        bos = jnp.full((B,), 1, jnp.int32)
+
+        def body(carry, key_t):
+            token, hs, done = carry
+            logits, hs = self.decoder.step(token, zin, hs)
+            logits = logits.at[:, :2].set(-jnp.inf)  # never emit pad or bos
+            if greedy:
+                nxt = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+            else:
+                nxt = jax.random.categorical(key_t, logits / temperature).astype(jnp.int32)
+            nxt = jnp.where(done, 0, nxt)
+            done = done | (nxt == 2)
+            return (nxt, hs, done), nxt
+
+        keys = jax.random.split(key, max_len + 1)
+        _, out = jax.lax.scan(body, (bos, hs, jnp.zeros((B,), bool)), keys)
+        return out.T  # (B, max_len + 1)

@@ -1,0 +1,166 @@
+"""The run folder contract: what a run writes, and reading it back (as data, never as code)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import pandas as pd
+from flax import nnx
+
+from molvae import chem
+from molvae.models.vae import VAE, ModelConfig
+from molvae.vocab import Vocab
+
+log = logging.getLogger(__name__)
+
+RUN_FORMAT = "molvae-run-1"
+RUN_JSON, VOCAB_JSON, METRICS_JSONL = "run.json", "vocab.json", "metrics.jsonl"
+SAMPLES_CSV, EVAL_JSON, PARAMS_NPZ, CHECKPOINTS = "samples.csv", "metrics.json", "params.npz", "checkpoints"
+
+
+class RunFolderError(ValueError):
+    """A run folder that is missing, incomplete or not molvae's (names the file)."""
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=float))
+    os.replace(tmp, path)
+
+
+def write_run_info(run_dir: Path, model_cfg: ModelConfig, vocab: Vocab, max_len: int,
+                   config: dict[str, Any]) -> None:
+    """run.json (architecture + max length + resolved config) and vocab.json."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    vocab.save(run_dir / VOCAB_JSON)
+    write_json_atomic(run_dir / RUN_JSON, {"format": RUN_FORMAT, "model": model_cfg.to_dict(),
+                                           "max_len": max_len, "config": config})
+
+
+def read_run_info(run_dir: Path) -> tuple[ModelConfig, Vocab, int, dict[str, Any]]:
+    path = run_dir / RUN_JSON
+    if not path.exists():
+        raise RunFolderError(f"{path} not found: is {run_dir} a molvae run folder?")
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunFolderError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(info, dict) or info.get("format") != RUN_FORMAT:
+        raise RunFolderError(f"{path}: not a molvae run file (format "
+                             f"{info.get('format') if isinstance(info, dict) else None!r})")
+    try:
+        known = set(ModelConfig.__dataclass_fields__)
+        model_cfg = ModelConfig(**{k: v for k, v in info["model"].items() if k in known})
+        max_len = int(info["max_len"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise RunFolderError(f"{path}: bad model description ({e})") from e
+    vocab = Vocab.load(run_dir / VOCAB_JSON)
+    if len(vocab) != model_cfg.vocab_size:
+        raise RunFolderError(f"{run_dir / VOCAB_JSON} has {len(vocab)} tokens but the model "
+                             f"in {path} expects {model_cfg.vocab_size}")
+    return model_cfg, vocab, max_len, info.get("config", {})
+
+
+# ----------------------------------------------------------------------------- parameters
+
+
+def _flat(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
+    out = {}
+    for k, v in tree.items():
+        name = f"{prefix}/{k}" if prefix else str(k)
+        out.update(_flat(v, name) if isinstance(v, dict) else {name: np.asarray(v)})
+    return out
+
+
+def export_params(model: VAE, path: Path) -> None:
+    """Parameters only, as a flat .npz (no pickle): compact and safe to share."""
+    np.savez_compressed(path, **_flat(nnx.to_pure_dict(nnx.state(model, nnx.Param))))
+
+
+def import_params(model: VAE, path: Path) -> None:
+    """Load a params.npz into a freshly built model; shapes and names must match exactly."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            stored = {k: f[k] for k in f.files}
+    except (OSError, ValueError) as e:
+        raise RunFolderError(f"{path}: unreadable parameter file ({e})") from e
+    state = nnx.state(model, nnx.Param)
+    expected = _flat(nnx.to_pure_dict(state))
+    if set(stored) != set(expected):
+        missing, extra = set(expected) - set(stored), set(stored) - set(expected)
+        raise RunFolderError(f"{path}: parameters do not match the model (missing "
+                             f"{sorted(missing)[:3]}, unexpected {sorted(extra)[:3]})")
+    for k, v in expected.items():
+        if stored[k].shape != v.shape:
+            raise RunFolderError(f"{path}: {k} has shape {stored[k].shape}, expected {v.shape}")
+
+    def rebuild(tree, prefix=""):
+        return {k: rebuild(v, f"{prefix}/{k}" if prefix else str(k)) if isinstance(v, dict)
+                else jax.numpy.asarray(stored[f"{prefix}/{k}" if prefix else str(k)])
+                for k, v in tree.items()}
+
+    nnx.replace_by_pure_dict(state, rebuild(nnx.to_pure_dict(state)))
+    nnx.update(model, state)
+
+
+# ----------------------------------------------------------------------------- samples
+
+
+def write_samples(run_dir: Path, smiles: list[str], properties: bool = True,
+                  name: str = SAMPLES_CSV) -> pd.DataFrame:
+    """samples.csv: one row per sample in order, with validity and RDKit properties."""
+    df = pd.DataFrame({"smiles": smiles, "valid": [bool(s) for s in smiles]})
+    if properties:
+        props = chem.properties(smiles, ("qed", "logp", "sa", "weight", "plogp"))
+        df = pd.concat([df, props], axis=1)
+    tmp = run_dir / (name + ".tmp")
+    df.to_csv(tmp, index=False)
+    os.replace(tmp, run_dir / name)
+    return df
+
+
+def read_samples(run_dir: Path, name: str = SAMPLES_CSV) -> list[str]:
+    path = run_dir / name
+    if not path.exists():
+        raise RunFolderError(f"{path} not found: run experiments/sample.py run_dir={run_dir} first")
+    df = pd.read_csv(path, keep_default_na=False)
+    return [str(s) for s in df["smiles"]]
+
+
+def train_smiles_of_run(run_dir: Path) -> list[str] | None:
+    """The canonical training SMILES a run was trained on (from the preprocessing cache)."""
+    from molvae.data import DataConfig, load_dataset
+
+    *_, config = read_run_info(run_dir)
+    data = dict(config.get("data") or {})
+    if not data:
+        return None
+    known = set(DataConfig.__dataclass_fields__)
+    data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known}
+    return load_dataset(DataConfig(**data)).train.smiles
+
+
+def evaluate_run(run_dir: Path, reference: str = "moses_sample", metrics: str = "basic",
+                 n_jobs: int | None = None) -> dict[str, float]:
+    """Score samples.csv; novelty against the run's own training set. Writes metrics.json."""
+    from molvae import metrics as m
+
+    smiles = read_samples(run_dir)
+    train = train_smiles_of_run(run_dir)
+    if metrics == "basic":
+        if train is None:
+            raise RunFolderError(f"{run_dir}: no data config; use metrics=all with a reference")
+        scores = m.basic_metrics(smiles, train, n_jobs=n_jobs)
+    elif metrics == "all":
+        scores = m.evaluate(smiles, reference=reference, train_smiles=train, n_jobs=n_jobs)
+    else:
+        raise ValueError(f"metrics must be 'basic' or 'all', got {metrics!r}")
+    write_json_atomic(run_dir / EVAL_JSON, {"n_samples": len(smiles), "reference": reference,
+                                            **scores})
+    return scores

@@ -1,0 +1,167 @@
+"""Decoding latents to molecules: prior samples, reconstruction, interpolation, neighbourhoods."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from molvae import chem
+from molvae.models.vae import VAE
+from molvae.train import gaussian_kl, sequence_nll
+from molvae.vocab import Vocab
+
+CHUNK = 512  # latents decoded per jitted call; fixed so one shape is compiled per model
+
+
+@partial(jax.jit, static_argnames=("graphdef", "max_len", "greedy"))
+def _generate(graphdef, params, z, key, temperature, max_len: int, greedy: bool):
+    return nnx.merge(graphdef, params).generate(z, key, max_len, temperature, greedy)
+
+
+@partial(jax.jit, static_argnames=("graphdef",))
+def _encode(graphdef, params, tokens, lengths):
+    return nnx.merge(graphdef, params).encode(tokens, lengths)
+
+
+@partial(jax.jit, static_argnames=("graphdef", "k"))
+def _iw_terms(graphdef, params, tokens, lengths, key, k: int):
+    """Importance-weighted log p(x) bound with k samples from q(z|x), and rate/distortion (B,)."""
+    model = nnx.merge(graphdef, params)
+    mu, logvar = model.encode(tokens, lengths)  # (B, Z)
+    std = jnp.exp(0.5 * logvar)
+    eps = jax.random.normal(key, (k,) + mu.shape)  # (K, B, Z)
+    z = mu[None] + std[None] * eps
+    flat = z.reshape(-1, z.shape[-1])
+    tok = jnp.tile(tokens, (k, 1))
+    logits = model.decoder(flat, tok[:, :-1])
+    nll, _, _ = sequence_nll(logits, tok[:, 1:], jnp.tile(lengths, k))
+    log_px_z = -nll.reshape(k, -1)  # (K, B)
+    log_pz = -0.5 * jnp.sum(jnp.square(z) + jnp.log(2 * jnp.pi), -1)
+    log_qz = -0.5 * jnp.sum(jnp.square(eps) + jnp.log(2 * jnp.pi) + logvar[None], -1)
+    bound = jax.nn.logsumexp(log_px_z + log_pz - log_qz, axis=0) - jnp.log(k)
+    rate = gaussian_kl(mu, logvar).sum(-1)
+    return bound, rate, -log_px_z.mean(0)
+
+
+class Decoder:
+    """Compiled encode/decode around a trained VAE and its vocabulary (numpy in, numpy out)."""
+
+    def __init__(self, model: VAE, vocab: Vocab, max_len: int):
+        self.graphdef, self.params = nnx.split(model)
+        self.vocab, self.max_len = vocab, max_len
+        self.latent_dim = model.cfg.latent_dim
+
+    # -- latents -> ids -> SMILES ---------------------------------------------------------------
+
+    def decode_ids(
+        self, z: np.ndarray, seed: int = 0, temperature: float = 1.0, greedy: bool = True
+    ) -> np.ndarray:
+        """Token ids (n, max_len + 1) for latents z (n, Z), in fixed-size jitted chunks."""
+        z = np.asarray(z, np.float32)
+        if z.ndim != 2 or z.shape[1] != self.latent_dim:
+            raise ValueError(f"latents must have shape (n, {self.latent_dim}), got {z.shape}")
+        if not greedy and not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        key = jax.random.key(seed)
+        out = []
+        for c, i in enumerate(range(0, len(z), CHUNK)):
+            zc = z[i : i + CHUNK]
+            padded = np.concatenate([zc, np.zeros((CHUNK - len(zc), z.shape[1]), np.float32)])
+            ids = _generate(self.graphdef, self.params, padded, jax.random.fold_in(key, c),
+                            jnp.float32(temperature), self.max_len, greedy)
+            out.append(np.asarray(ids)[: len(zc)])
+        return np.concatenate(out) if out else np.zeros((0, self.max_len + 1), np.int32)
+
+    def ids_to_smiles(self, ids: np.ndarray, n_jobs: int | None = None) -> list[str]:
+        """Canonical SMILES per row ('' where the SELFIES decodes to nothing valid)."""
+        selfies = [self.vocab.decode_selfies(row) for row in ids]
+        return chem.parallel_map(chem.selfies_to_smiles, selfies, n_jobs=n_jobs)
+
+    def decode(self, z: np.ndarray, seed: int = 0, temperature: float = 1.0,
+               greedy: bool = True) -> list[str]:
+        return self.ids_to_smiles(self.decode_ids(z, seed, temperature, greedy))
+
+    # -- SMILES -> latents ----------------------------------------------------------------------
+
+    def tokenize(self, smiles: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Tokens and lengths; the width grows past max_len if a molecule needs it."""
+        selfies = []
+        for s in smiles:
+            can = chem.canonical(s)
+            enc = chem.smiles_to_selfies(can) if can else None
+            if enc is None:
+                raise ValueError(f"cannot encode molecule {s!r}: invalid SMILES")
+            selfies.append(enc)
+        longest = max((len(self.vocab.encode(s, m)) for s, m in zip(selfies, smiles)), default=0)
+        return self.vocab.encode_batch(selfies, max(self.max_len, longest), smiles)
+
+    def encode(self, smiles: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior means and log-variances, (n, Z) each."""
+        tokens, lengths = self.tokenize(smiles)
+        mus, lvs = [], []
+        for i in range(0, len(tokens), CHUNK):
+            t, l_ = tokens[i : i + CHUNK], lengths[i : i + CHUNK]
+            n = len(t)
+            t = np.concatenate([t, np.zeros((CHUNK - n, t.shape[1]), t.dtype)])
+            l_ = np.concatenate([l_, np.ones(CHUNK - n, l_.dtype)])
+            mu, lv = _encode(self.graphdef, self.params, t, l_)
+            mus.append(np.asarray(mu)[:n])
+            lvs.append(np.asarray(lv)[:n])
+        if not mus:
+            return np.zeros((0, self.latent_dim), np.float32), np.zeros((0, self.latent_dim))
+        return np.concatenate(mus), np.concatenate(lvs)
+
+
+    def log_likelihood(
+        self, smiles: Sequence[str], k: int = 64, seed: int = 0, chunk: int = 64
+    ) -> dict[str, np.ndarray]:
+        """Per molecule: importance-weighted bound on log p(x) (nats), rate KL(q||p) (nats) and
+        distortion E_q[-log p(x|z)] (nats). Low log p(x) flags molecules unlike the training data."""
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        tokens, lengths = self.tokenize(smiles)
+        out: dict[str, list] = {"log_likelihood": [], "rate": [], "distortion": []}
+        key = jax.random.key(seed)
+        for c, i in enumerate(range(0, len(tokens), chunk)):
+            t, l_ = tokens[i : i + chunk], lengths[i : i + chunk]
+            n = len(t)
+            t = np.concatenate([t, np.zeros((chunk - n, t.shape[1]), t.dtype)])
+            l_ = np.concatenate([l_, np.ones(chunk - n, l_.dtype)])
+            res = _iw_terms(self.graphdef, self.params, t, l_, jax.random.fold_in(key, c), k)
+            for name, v in zip(out, res):
+                out[name].append(np.asarray(v)[:n])
+        return {name: np.concatenate(v) if v else np.zeros(0) for name, v in out.items()}
+
+
+# ----------------------------------------------------------------------------- latent geometry
+
+
+def prior(n: int, latent_dim: int, seed: int, scale: float = 1.0) -> np.ndarray:
+    """n draws from N(0, scale^2 I), (n, Z)."""
+    return scale * np.asarray(jax.random.normal(jax.random.key(seed), (n, latent_dim)))
+
+
+def lerp(a: np.ndarray, b: np.ndarray, steps: int) -> np.ndarray:
+    """Linear interpolation, (steps, Z), endpoints included."""
+    t = np.linspace(0.0, 1.0, steps)[:, None]
+    return (1 - t) * a[None] + t * b[None]
+
+
+def slerp(a: np.ndarray, b: np.ndarray, steps: int) -> np.ndarray:
+    """Spherical interpolation (keeps latents at prior-typical norms); lerp if nearly parallel."""
+    t = np.linspace(0.0, 1.0, steps)[:, None]
+    cos = np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12)
+    omega = np.arccos(np.clip(cos, -1.0, 1.0))
+    if omega < 1e-4:
+        return lerp(a, b, steps)
+    return (np.sin((1 - t) * omega) * a[None] + np.sin(t * omega) * b[None]) / np.sin(omega)
+
+
+def neighbourhood(z: np.ndarray, n: int, scale: float, seed: int) -> np.ndarray:
+    """n latents around z: z + scale * N(0, I)."""
+    return z[None, :] + scale * np.asarray(jax.random.normal(jax.random.key(seed), (n, z.shape[0])))

@@ -1,0 +1,435 @@
+"""Training: the ELBO, jitted train/eval steps, the loop, orbax checkpoints and resume."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+from tqdm.auto import tqdm
+
+from molvae import runs
+from molvae.loggers import Logger, truncate_jsonl
+from molvae.models.vae import VAE, ModelConfig
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became nan/inf; the run stops and its last good checkpoint is kept."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read or does not match the run (names the folder)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 2000
+    batch_size: int = 256
+    lr: float = 1e-3
+    lr_schedule: str = "cosine"  # constant | cosine (to lr_end_factor * lr)
+    lr_end_factor: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.0  # > 0 switches Adam to AdamW
+    clip_norm: float = 1.0
+    kl_schedule: str = "linear"  # constant | linear | cyclical
+    kl_max: float = 1.0  # the KL weight beta reached by the schedule
+    kl_start: float = 0.0
+    kl_warmup_steps: int = 1000  # linear: steps from kl_start to kl_max
+    kl_cycles: int = 4  # cyclical (Fu et al. 2019): number of cycles over `steps`
+    kl_ratio: float = 0.5  # cyclical: fraction of each cycle spent increasing beta
+    free_bits: float = 0.0  # nats per latent dimension below which KL is not penalised
+    eval_every: int = 500
+    eval_size: int = 1000
+    log_every: int = 50
+    ckpt_every: int = 500
+    keep_checkpoints: int = 2
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "log_every", "eval_every", "ckpt_every",
+                     "keep_checkpoints", "eval_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"train.{name} must be positive, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"train.lr must be positive, got {self.lr}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"train.lr_schedule must be constant or cosine: {self.lr_schedule!r}")
+        if self.kl_schedule not in ("constant", "linear", "cyclical"):
+            raise ValueError(f"train.kl_schedule must be constant, linear or cyclical: "
+                             f"{self.kl_schedule!r}")
+        if self.kl_max < 0 or self.free_bits < 0:
+            raise ValueError("train.kl_max and train.free_bits must be >= 0")
+        if not 0 < self.kl_ratio <= 1:
+            raise ValueError(f"train.kl_ratio must be in (0, 1], got {self.kl_ratio}")
+
+
+# ----------------------------------------------------------------------------- schedules
+
+
+def kl_weight(step: jax.Array | int, cfg: TrainConfig) -> jax.Array:
+    """KL weight beta at `step` (pure; works on traced steps)."""
+    step = jnp.asarray(step, jnp.float32)
+    if cfg.kl_schedule == "constant":
+        return jnp.asarray(cfg.kl_max, jnp.float32)
+    if cfg.kl_schedule == "linear":
+        frac = jnp.clip(step / max(cfg.kl_warmup_steps, 1), 0.0, 1.0)
+    else:  # cyclical: ramp for kl_ratio of each cycle, then hold at kl_max
+        period = max(cfg.steps / cfg.kl_cycles, 1.0)
+        frac = jnp.clip(jnp.mod(step, period) / (period * cfg.kl_ratio), 0.0, 1.0)
+    return cfg.kl_start + (cfg.kl_max - cfg.kl_start) * frac
+
+
+def lr_schedule(cfg: TrainConfig) -> optax.Schedule:
+    if cfg.lr_schedule == "constant":
+        return optax.linear_schedule(0.0, cfg.lr, max(cfg.warmup_steps, 1)) if cfg.warmup_steps \
+            else optax.constant_schedule(cfg.lr)
+    return optax.warmup_cosine_decay_schedule(
+        0.0, cfg.lr, max(cfg.warmup_steps, 1), max(cfg.steps, cfg.warmup_steps + 1),
+        end_value=cfg.lr * cfg.lr_end_factor,
+    )
+
+
+def make_tx(cfg: TrainConfig) -> optax.GradientTransformation:
+    sched = lr_schedule(cfg)
+    opt = optax.adamw(sched, weight_decay=cfg.weight_decay) if cfg.weight_decay else optax.adam(sched)
+    return optax.chain(optax.clip_by_global_norm(cfg.clip_norm), opt) if cfg.clip_norm else opt
+
+
+# ----------------------------------------------------------------------------- loss
+
+
+def gaussian_kl(mu: jax.Array, logvar: jax.Array) -> jax.Array:
+    """KL(N(mu, exp(logvar)) || N(0, I)) per dimension, (B, Z)."""
+    return 0.5 * (jnp.square(mu) + jnp.exp(logvar) - 1.0 - logvar)
+
+
+def sequence_nll(logits: jax.Array, targets: jax.Array, lengths: jax.Array) -> tuple[jax.Array, ...]:
+    """Masked token cross-entropy summed per molecule (B,), and token hits/counts."""
+    mask = jnp.arange(targets.shape[1])[None, :] < lengths[:, None]  # (B, L)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+    hits = (jnp.argmax(logits, -1) == targets) & mask
+    return jnp.sum(ce * mask, axis=1), jnp.sum(hits, axis=1), jnp.sum(mask, axis=1)
+
+
+def elbo_terms(
+    model: VAE, tokens: jax.Array, lengths: jax.Array, weights: jax.Array, key: jax.Array,
+    beta: jax.Array, free_bits: float,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Loss = E[recon] + beta * KL (with optional free bits); weights (B,) mask padding rows."""
+    logits, mu, logvar = model(tokens, lengths, key)
+    recon, hits, count = sequence_nll(logits, tokens[:, 1:], lengths)
+    kl_dim = gaussian_kl(mu, logvar)  # (B, Z)
+    n = jnp.maximum(weights.sum(), 1.0)
+    mean = lambda x: jnp.sum(x * weights) / n  # noqa: E731 - weighted batch mean
+    kl_per_dim = jnp.sum(kl_dim * weights[:, None], 0) / n  # (Z,)
+    kl_term = jnp.sum(jnp.maximum(kl_per_dim, free_bits)) if free_bits > 0 else kl_per_dim.sum()
+    loss = mean(recon) + beta * kl_term
+    aux = {"loss": loss, "recon": mean(recon), "kl": kl_per_dim.sum(), "beta": beta,
+           "token_acc": jnp.sum(hits * weights) / jnp.maximum(jnp.sum(count * weights), 1)}
+    return loss, aux
+
+
+# ----------------------------------------------------------------------------- steps
+
+
+def make_train_step(graphdef: nnx.GraphDef, cfg: TrainConfig):
+    """jit over split NNX state (not nnx.jit: its per-call graph traversal costs on small models)."""
+
+    @jax.jit
+    def train_step(state, tokens, lengths, weights, key):
+        model, opt = nnx.merge(graphdef, state)
+        step = opt.step[...]
+        beta = kl_weight(step, cfg)
+        k = jax.random.fold_in(key, step)  # noise depends on the step only: resume is exact
+
+        def loss_fn(m):
+            return elbo_terms(m, tokens, lengths, weights, k, beta, cfg.free_bits)
+
+        (_, aux), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+        aux["grad_norm"] = optax.tree.norm(grads)
+        opt.update(model, grads)
+        return nnx.state((model, opt)), aux
+
+    return train_step
+
+
+def make_eval_step(graphdef_model: nnx.GraphDef, max_len: int):
+    """Loss terms at z = mu, teacher-forced token accuracy, greedy whole-molecule reconstruction."""
+
+    @jax.jit
+    def eval_step(params, tokens, lengths, weights):
+        model = nnx.merge(graphdef_model, params)
+        mu, logvar = model.encode(tokens, lengths)
+        logits = model.decoder(mu, tokens[:, :-1])
+        recon, hits, count = sequence_nll(logits, tokens[:, 1:], lengths)
+        kl = gaussian_kl(mu, logvar).sum(-1)
+        out = model.generate(mu, jax.random.key(0), max_len, greedy=True)  # (B, max_len + 1)
+        target = tokens[:, 1:]
+        same = jnp.all((out == target) | (jnp.arange(target.shape[1]) >= lengths[:, None]), axis=1)
+        return {"recon_sum": jnp.sum(recon * weights), "kl_sum": jnp.sum(kl * weights),
+                "hits": jnp.sum(hits * weights), "count": jnp.sum(count * weights),
+                "exact": jnp.sum(same * weights), "n": jnp.sum(weights)}
+
+    return eval_step
+
+
+# ----------------------------------------------------------------------------- data order
+
+
+def bucket_width(max_len_in_batch: int, full: int, quantum: int = 16) -> int:
+    """Sequence width for a batch: a multiple of `quantum`, so few shapes are ever compiled."""
+    return min(full, int(math.ceil(max_len_in_batch / quantum) * quantum))
+
+
+class Batches:
+    """Deterministic batches: a permutation per epoch from (seed, epoch); batch i of the run."""
+
+    def __init__(self, tokens: np.ndarray, lengths: np.ndarray, batch_size: int, seed: int):
+        if len(tokens) < batch_size:
+            raise ValueError(f"{len(tokens)} training molecules < batch size {batch_size}")
+        self.tokens, self.lengths, self.bs, self.seed = tokens, lengths, batch_size, seed
+        self.per_epoch = len(tokens) // batch_size
+        self._perm: tuple[int, np.ndarray] | None = None
+
+    def __call__(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        epoch, i = divmod(step, self.per_epoch)
+        if self._perm is None or self._perm[0] != epoch:
+            self._perm = (epoch, np.random.default_rng([self.seed, epoch]).permutation(len(self.tokens)))
+        idx = self._perm[1][i * self.bs : (i + 1) * self.bs]
+        lengths = self.lengths[idx]
+        width = bucket_width(int(lengths.max()) + 1, self.tokens.shape[1])  # + bos
+        return self.tokens[idx, :width], lengths
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def checkpoint_manager(run_dir: Path, cfg: TrainConfig) -> ocp.CheckpointManager:
+    opts = ocp.CheckpointManagerOptions(max_to_keep=cfg.keep_checkpoints, create=True,
+                                        enable_async_checkpointing=False)
+    return ocp.CheckpointManager((run_dir / "checkpoints").absolute(), options=opts)
+
+
+def save_checkpoint(mngr: ocp.CheckpointManager, step: int, state: nnx.State, meta: dict) -> None:
+    params = nnx.to_pure_dict(state[0])
+    opt = nnx.to_pure_dict(state[1])
+    mngr.save(step, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(params), opt=ocp.args.StandardSave(opt),
+        meta=ocp.args.JsonSave(meta)), force=True)
+    mngr.wait_until_finished()
+
+
+def restore_into(mngr: ocp.CheckpointManager, step: int, state: nnx.State, with_opt: bool = True):
+    """Restore checkpoint `step` into the structure of `state` ((params, opt) or params)."""
+    target = state if with_opt else (state,)
+    abstract = lambda s: jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.to_pure_dict(s))  # noqa: E731
+    items = {"params": ocp.args.StandardRestore(abstract(target[0])), "meta": ocp.args.JsonRestore()}
+    if with_opt:
+        items["opt"] = ocp.args.StandardRestore(abstract(target[1]))
+    try:
+        got = mngr.restore(step, args=ocp.args.Composite(**items))
+    except Exception as e:  # noqa: BLE001 - orbax raises many types; name the folder instead
+        raise CheckpointError(f"cannot restore checkpoint {mngr.directory}/{step}: "
+                              f"{type(e).__name__}: {e}") from e
+    nnx.replace_by_pure_dict(target[0], got["params"])
+    if with_opt:
+        nnx.replace_by_pure_dict(target[1], got["opt"])
+    return got["meta"]
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class TrainResult:
+    model: VAE
+    step: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    final_eval: dict[str, float] = field(default_factory=dict)
+
+
+def pad_rows(x: np.ndarray, n: int) -> np.ndarray:
+    return np.concatenate([x, np.zeros((n - len(x),) + x.shape[1:], x.dtype)]) if n > len(x) else x
+
+
+def evaluate_split(eval_step, params, tokens, lengths, batch_size: int) -> dict[str, float]:
+    """Eval metrics over a whole split in fixed-shape batches (padding rows have weight 0)."""
+    tot: dict[str, float] = {}
+    for i in range(0, len(tokens), batch_size):
+        t, l_ = tokens[i : i + batch_size], lengths[i : i + batch_size]
+        w = pad_rows(np.ones(len(t), np.float32), batch_size)
+        out = eval_step(params, pad_rows(t, batch_size), pad_rows(np.maximum(l_, 1), batch_size), w)
+        for k, v in jax.device_get(out).items():
+            tot[k] = tot.get(k, 0.0) + float(v)
+    n = max(tot["n"], 1.0)
+    return {"val_recon": tot["recon_sum"] / n, "val_kl": tot["kl_sum"] / n,
+            "val_elbo": (tot["recon_sum"] + tot["kl_sum"]) / n,
+            "val_token_acc": tot["hits"] / max(tot["count"], 1.0), "val_recon_acc": tot["exact"] / n}
+
+
+def train(
+    model_cfg: ModelConfig, cfg: TrainConfig, train_data: tuple[np.ndarray, np.ndarray],
+    val_data: tuple[np.ndarray, np.ndarray], run_dir: str | Path, logger: Logger,
+    extra_meta: dict | None = None,
+) -> TrainResult:
+    """Train a VAE on token arrays, checkpointing into run_dir and resuming from it if present."""
+    run_dir = Path(run_dir)
+    tokens, lengths = train_data
+    max_len = tokens.shape[1] - 2
+
+    # -- mesh: data parallel over every device; a no-op on one device ---------------------------
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    if cfg.batch_size % mesh.size:
+        raise ValueError(f"train.batch_size {cfg.batch_size} must divide over {mesh.size} devices")
+    data_sh, repl = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+
+    # -- model and optimizer ---------------------------------------------------------------------
+    model = VAE(model_cfg, rngs=nnx.Rngs(cfg.seed))
+    opt = nnx.Optimizer(model, make_tx(cfg), wrt=nnx.Param)
+    n_params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    log.info("model: %s parameters, %s", f"{n_params:,}", model_cfg)
+    graphdef, state = nnx.split((model, opt))
+
+    # -- resume ----------------------------------------------------------------------------------
+    mngr = checkpoint_manager(run_dir, cfg)
+    start = 0
+    if (latest := mngr.latest_step()) is not None:
+        meta = restore_into(mngr, latest, state)
+        start = int(meta["step"])
+        log.info("resumed from checkpoint at step %d", start)
+    # A resumed run rewrites the metrics logged after its checkpoint; a fresh one starts empty.
+    truncate_jsonl(run_dir / runs.METRICS_JSONL, start if latest is not None else -1)
+    state = jax.device_put(state, repl)
+
+    train_step = make_train_step(graphdef, cfg)
+    model_graphdef = nnx.split(model)[0]
+    eval_step = make_eval_step(model_graphdef, max_len)
+    batches = Batches(tokens, lengths, cfg.batch_size, cfg.seed)
+    base_key = jax.random.key(cfg.seed + 1)
+    eval_bs = min(cfg.batch_size, 512)
+    val_t, val_l = val_data[0][: cfg.eval_size], val_data[1][: cfg.eval_size]
+    meta_base = {"format": runs.RUN_FORMAT, **(extra_meta or {})}
+
+    def checkpoint(step: int) -> None:
+        save_checkpoint(mngr, step, state, {**meta_base, "step": step})
+
+    # -- loop ------------------------------------------------------------------------------------
+    history: list[dict[str, Any]] = []
+    pending: list[dict[str, jax.Array]] = []
+    t_last, n_last, t0 = time.perf_counter(), 0, time.perf_counter()
+    bar = tqdm(total=cfg.steps, initial=start, desc="train", disable=not cfg.progress,
+               dynamic_ncols=True, mininterval=1.0)
+    step = start
+    with mesh:
+        while step < cfg.steps:
+            t, l_ = batches(step)
+            w = np.ones(len(t), np.float32)
+            state, aux = train_step(state, jax.device_put(t, data_sh), jax.device_put(l_, data_sh),
+                                    jax.device_put(w, data_sh), base_key)
+            pending.append(aux)
+            step += 1
+            n_last += len(t)
+            bar.update(1)
+            is_ckpt = step % cfg.ckpt_every == 0 or step == cfg.steps
+            if step % cfg.log_every == 0 or is_ckpt or step % cfg.eval_every == 0:
+                rec = _flush(pending, step, cfg)
+                now = time.perf_counter()
+                rec["mol_per_s"] = n_last / (now - t_last)
+                rec["lr"] = float(lr_schedule(cfg)(step))
+                rec["time"] = now - t0
+                t_last, n_last = now, 0
+                if step % cfg.eval_every == 0 or step == cfg.steps:
+                    rec.update(evaluate_split(eval_step, state[0], val_t, val_l, eval_bs))
+                logger.log(rec)
+                history.append(rec)
+                bar.set_postfix(loss=f"{rec['loss']:.3f}", kl=f"{rec['kl']:.2f}",
+                                mol_s=f"{rec['mol_per_s']:.0f}")
+                if is_ckpt:
+                    checkpoint(step)
+    bar.close()
+    model, _ = nnx.merge(graphdef, jax.device_get(state))
+    final = {k: v for k, v in history[-1].items() if k.startswith("val_")} if history else {}
+    log.info("trained to step %d in %.1f s; %s", step, time.perf_counter() - t0,
+             json.dumps({k: round(v, 4) for k, v in final.items()}))
+    return TrainResult(model=model, step=step, history=history, final_eval=final)
+
+
+def _flush(pending: list[dict[str, jax.Array]], step: int, cfg: TrainConfig) -> dict[str, Any]:
+    """Average the step metrics since the last log; stop on a non-finite loss."""
+    got = jax.device_get(pending)
+    pending.clear()
+    losses = np.array([g["loss"] + 0.0 * g["grad_norm"] for g in got])  # nan grads count too
+    if not np.all(np.isfinite(losses)):
+        bad = step - len(losses) + int(np.argmin(np.isfinite(losses)))
+        raise NonFiniteLossError(
+            f"non-finite loss at step {bad + 1}; stopping. The last good checkpoint is kept "
+            f"(lower train.lr or raise train.clip_norm)")
+    rec = {"step": step}
+    for k in got[-1]:
+        rec[k] = float(np.mean([g[k] for g in got]))
+    rec["beta"] = float(got[-1]["beta"])
+    return rec
+
+
+def config_dict(*cfgs: Any) -> dict[str, Any]:
+    return {type(c).__name__: dataclasses.asdict(c) for c in cfgs}
+
+
+# ----------------------------------------------------------------------------- data -> run
+
+
+def train_and_evaluate(
+    data_cfg, model_cfg: ModelConfig, cfg: TrainConfig, run_dir: str | Path, logger: Logger,
+    config: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Load and preprocess data, fit (or reload) the vocabulary, write run.json, train."""
+    from molvae import data as data_mod
+    from molvae.vocab import UnknownSymbolError, Vocab
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ds = data_mod.load_dataset(data_cfg)
+    data_mod.write_report(ds, run_dir)
+    vocab_path = run_dir / runs.VOCAB_JSON
+    resuming = vocab_path.exists() and (run_dir / runs.CHECKPOINTS).exists()
+    vocab = Vocab.load(vocab_path) if resuming else Vocab.fit(ds.train.selfies)
+    max_len = data_cfg.max_len
+    train_arr = vocab.encode_batch(ds.train.selfies, max_len, ds.train.smiles)
+    # Test molecules with a symbol never seen in training cannot be scored; count them.
+    keep, skipped = [], 0
+    for s, m in zip(ds.test.selfies, ds.test.smiles):
+        try:
+            vocab.encode(s, m)
+            keep.append(s)
+        except UnknownSymbolError:
+            skipped += 1
+    if skipped:
+        log.warning("%d test molecules have symbols outside the training vocabulary; skipped "
+                    "in validation", skipped)
+    val_arr = vocab.encode_batch(keep, max_len)
+    model_cfg = dataclasses.replace(model_cfg, vocab_size=len(vocab))
+    if resuming:
+        old_cfg, *_ = runs.read_run_info(run_dir)
+        if old_cfg != model_cfg:
+            raise CheckpointError(f"{run_dir} holds a run of another model ({old_cfg}); "
+                                  f"use a new run folder")
+    runs.write_run_info(run_dir, model_cfg, vocab, max_len, config or {})
+    log.info("data: %d train / %d validation molecules, vocabulary of %d symbols, max_len %d",
+             len(train_arr[0]), len(val_arr[0]), len(vocab), max_len)
+    return train(model_cfg, cfg, train_arr, val_arr, run_dir, logger)

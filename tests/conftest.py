@@ -1,0 +1,42 @@
+"""Shared fixtures: a private data cache, the JAX compilation cache, tiny configs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("MOLVAE_CACHE", str(ROOT / ".cache" / "molvae-test"))
+
+import jax  # noqa: E402
+
+# Compiled steps persist across test runs (and processes such as the Hydra subprocess tests).
+jax.config.update("jax_compilation_cache_dir", str(ROOT / ".cache" / "jax"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+@pytest.fixture(scope="session")
+def root() -> Path:
+    return ROOT
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A tiny model trained for a few steps on 300 bundled molecules: a real run folder."""
+    from molvae.data import DataConfig
+    from molvae.loggers import JsonlLogger
+    from molvae.models.vae import ModelConfig
+    from molvae.train import TrainConfig, train_and_evaluate
+
+    out = tmp_path_factory.mktemp("tiny_run")
+    data = DataConfig(limit=300, max_len=40)
+    model = ModelConfig(embed_dim=16, enc_hidden=32, latent_dim=8, dec_hidden=32)
+    train = TrainConfig(steps=30, batch_size=32, log_every=10, eval_every=30, ckpt_every=30,
+                        eval_size=64, warmup_steps=5, kl_warmup_steps=10, progress=False)
+    config = {"data": data.__dict__ | {"property_columns": []}}
+    train_and_evaluate(data, model, train, out, JsonlLogger(out / "metrics.jsonl"), config)
+    return out

@@ -1,0 +1,227 @@
+"""MOSES metrics and ChemNet: hand-made sets with known values, and the official numbers."""
+
+from __future__ import annotations
+
+import json
+import math
+from contextlib import nullcontext as _nothing
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from molvae import chem, chemnet, metrics
+
+# The official values (molsets 0.3.1 + fcd_torch 1.0.7), see /work/shared/reference/README.md.
+_REFERENCE_PATHS = (
+    Path(__file__).parent / "data" / "moses_metrics_reference.json",
+    Path("/work/shared/reference/moses_metrics_reference.json"),
+)
+
+# Five molecules, each with a scaffold of two or more rings (MOSES ignores smaller scaffolds).
+MOLS = [
+    "CC1C2CCC(C2)C1CN(CCO)C(=O)c1ccc(Cl)cc1",
+    "COc1ccc(-c2cc(=O)c3c(O)c(OC)c(OC)cc3o2)cc1O",
+    "CCOC(=O)c1ncn2c1CN(C)C(=O)c1cc(F)ccc1-2",
+    "O=C(Nc1ccccc1)c1ccc2[nH]ccc2c1",
+    "Cc1ccc(-c2nc3ccccc3s2)cc1",
+]
+
+
+def _reference() -> dict:
+    for path in _REFERENCE_PATHS:
+        if path.exists():
+            return json.loads(path.read_text())
+    pytest.skip("moses_metrics_reference.json not found")
+
+
+def _folder(tmp_path: Path, **splits: list[str]) -> Path:
+    """A reference folder of .smi files."""
+    for name, smiles in splits.items():
+        (tmp_path / f"{name}.smi").write_text("\n".join(smiles) + "\n")
+    return tmp_path
+
+
+# ----------------------------------------------------------------------------- validity, uniqueness
+
+
+def test_valid_and_unique_count_invalid_and_duplicates():
+    smiles = ["CCO", "OCC", "C(O)C", "c1ccccc1", "C1=CC=CC=C1", "CC(", "", "C1CC", "N"]
+    with pytest.warns(UserWarning, match="unique@10"):
+        out = metrics.basic_metrics(smiles, k=(3, 10))
+    assert out["valid"] == 6 / 9  # 'CC(', '' and the unclosed ring 'C1CC' are invalid
+    assert out["unique@3"] == 1 / 3  # the first three valid are all ethanol
+    assert out["unique@10"] == 3 / 6  # fewer than 10 valid: MOSES warns and uses all of them
+
+
+def test_novelty_against_train_in_any_spelling():
+    out = metrics.basic_metrics(["CCO", "OCC", "CCN", "c1ccccc1"], train_smiles=["C(C)O", "CC("])
+    assert (
+        out["Novelty"] == 2 / 3
+    )  # unique valid molecules: ethanol (in train), ethylamine, benzene
+
+
+# ----------------------------------------------------------------------------- diversity
+
+
+def test_internal_diversity_of_one_repeated_molecule_is_zero():
+    out = metrics.basic_metrics(["c1ccccc1O"] * 5 + ["Oc1ccccc1"], k=3)
+    assert out["IntDiv"] == pytest.approx(0.0, abs=1e-7)
+    assert out["IntDiv2"] == pytest.approx(0.0, abs=1e-7)
+
+
+def test_internal_diversity_of_two_unrelated_molecules_counts_self_pairs():
+    fps = chem.fingerprints(["C", "O"])
+    assert chem.tanimoto(fps[:1], fps[1:])[0, 0] == 0.0
+    out = metrics.basic_metrics(["C", "O"], k=2)
+    # Pairs (i, j) over all 4 including i == j: mean similarity 1/2 per molecule.
+    assert out["IntDiv"] == pytest.approx(0.5)
+    assert out["IntDiv2"] == pytest.approx(1 - math.sqrt(0.5))
+
+
+def test_blocked_tanimoto_matches_dense(monkeypatch):
+    monkeypatch.setattr(metrics, "_BLOCKS", (8, 16))  # many blocks, ragged last ones
+    rng = np.random.default_rng(0)
+    a = (rng.random((21, 1024)) < 0.05).astype(np.uint8)
+    b = (rng.random((37, 1024)) < 0.05).astype(np.uint8)
+    b[3] = a[5]  # an exact match
+    w = rng.integers(1, 4, len(b))
+    sim = chem.tanimoto(a, b).astype(np.float64)
+    a, b = np.packbits(a, 1), np.packbits(b, 1)
+    np.testing.assert_allclose(metrics.tanimoto_reduce(a, b), sim.max(1), rtol=1e-6)
+    sums = metrics.tanimoto_reduce(a, b, w, (1, 2))
+    np.testing.assert_allclose(sums, [sim @ w, sim**2 @ w], rtol=1e-5)
+
+
+def test_cos_similarity():
+    assert metrics.cos_similarity({"a": 2, "b": 2}, {"a": 5}) == pytest.approx(1 / math.sqrt(2))
+    assert metrics.cos_similarity({"a": 1}, {"b": 1}) == 0.0
+    assert math.isnan(metrics.cos_similarity({}, {"a": 1}))
+
+
+def test_filters_reject_charges_odd_atoms_big_rings_and_alerts():
+    passes = {s: metrics.passes_filters(chem.mol_from_smiles(s)) for s in [
+        "CCOC(=O)c1ccccc1",  # a plain ester
+        "C[N+](C)(C)C",  # charged
+        "CCP(C)C",  # phosphorus is not allowed
+        "C1CCCCCCC1",  # eight-membered ring
+        "CCCCCI",  # iodine
+        "O=C1C=CC(=O)C=C1",  # quinone: a PAINS/MCF alert
+    ]}  # fmt: skip
+    assert passes == {
+        "CCOC(=O)c1ccccc1": True,
+        "C[N+](C)(C)C": False,
+        "CCP(C)C": False,
+        "C1CCCCCCC1": False,
+        "CCCCCI": False,
+        "O=C1C=CC(=O)C=C1": False,
+    }
+
+
+# ----------------------------------------------------------------------------- against a reference
+
+
+def test_identical_sets(tmp_path):
+    ref = _folder(tmp_path, train=MOLS, test=MOLS, test_scaffolds=MOLS)
+    out = metrics.evaluate(MOLS * 2, reference=ref, k=5)
+    assert list(out) == [
+        "valid", "unique@5", "FCD/Test", "SNN/Test", "Frag/Test", "Scaf/Test", "FCD/TestSF",
+        "SNN/TestSF", "Frag/TestSF", "Scaf/TestSF", "IntDiv", "IntDiv2", "Filters", "logP", "SA",
+        "QED", "weight", "Novelty",
+    ]  # fmt: skip
+    assert all(type(v) is float for v in out.values())
+    assert out["valid"] == 1.0 and out["unique@5"] == 1.0
+    for name in ("SNN", "Frag", "Scaf"):
+        assert out[f"{name}/Test"] == pytest.approx(1.0)
+        assert out[f"{name}/TestSF"] == pytest.approx(1.0)
+    for name in ("logP", "SA", "QED", "weight", "Novelty"):
+        assert out[name] == pytest.approx(0.0, abs=1e-9)
+    assert out["FCD/Test"] == pytest.approx(0.0, abs=1e-3)  # rank-deficient covariances
+    assert out["Filters"] == 1.0
+
+
+def test_disjoint_sets(tmp_path):
+    ref = _folder(tmp_path, train=["c1ccc2ccccc2c1"], test=["c1ccc2ccccc2c1", "c1ccc2ccccc2c1"])
+    out = metrics.evaluate(["C1CCC2CCCCC2C1", "C1CCC2CCCCC2C1", "CC("], reference=ref, k=2)
+    assert "SNN/TestSF" not in out  # the reference has no test_scaffolds file
+    assert out["valid"] == pytest.approx(2 / 3)
+    assert out["unique@2"] == 0.5
+    assert out["Frag/Test"] == 0.0 and out["Scaf/Test"] == 0.0  # naphthalene vs decalin
+    fps = chem.fingerprints(["C1CCC2CCCCC2C1", "c1ccc2ccccc2c1"])
+    assert out["SNN/Test"] == pytest.approx(float(chem.tanimoto(fps[:1], fps[1:])[0, 0]))
+    assert out["Novelty"] == 1.0
+    assert out["weight"] == pytest.approx(138.254 - 128.174, abs=1e-2)  # one value each side
+
+
+def test_reference_stats_are_cached_without_pickle(tmp_path):
+    ref = _folder(tmp_path / "ref", test=MOLS[:3], train=MOLS)
+    first = metrics.reference_stats(ref)
+    metrics._LOADED.clear()
+    again = metrics.reference_stats(ref)  # read back from disk
+    np.testing.assert_array_equal(first.splits["test"].fps, again.splits["test"].fps)
+    np.testing.assert_allclose(first.splits["test"].sigma, again.splits["test"].sigma)
+    assert first.splits["test"].frag == again.splits["test"].frag
+    assert again.train == frozenset(chem.canonical(s) for s in MOLS)
+
+
+# ----------------------------------------------------------------------------- ChemNet, FCD
+
+
+def test_tokenize_reads_two_letter_atoms_and_pads():
+    ids = chemnet.tokenize("ClCBr[Na]")
+    symbols = [chemnet.VOCAB[i] for i in ids if i >= 0]
+    assert symbols == ["Cl", "C", "Br", "[", "X", "]", "."]  # Na is unknown: 'X'
+    assert ids.shape == (350,) and (ids[7:] == -1).all()
+    long = chemnet.tokenize("C" * 400)
+    assert long[-1] == chemnet.VOCAB.index(".") and (long[:-1] == 0).all()
+
+
+def test_chemnet_matches_fcd_torch():
+    ref = _reference()["chemnet_activations"]
+    acts = chemnet.chemnet_activations(ref["smiles"])
+    assert list(acts.shape) == ref["shape"]
+    np.testing.assert_allclose(acts[:, :8], ref["first_8"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(acts, axis=1), ref["row_norms"], rtol=1e-4)
+
+
+def test_fcd_stats_weights_equal_repeats():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(7, 5)).astype(np.float32)
+    counts = np.array([1, 3, 1, 2, 1, 1, 4])
+    mu, sigma = chemnet.fcd_stats(x, counts, chunk=3)
+    rep = np.repeat(x, counts, axis=0).astype(np.float64)
+    np.testing.assert_allclose(mu, rep.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(sigma, np.cov(rep.T), rtol=1e-10)
+
+
+def test_frechet_distance_closed_form():
+    mu1, mu2 = np.array([0.0, 1.0, 2.0]), np.array([1.0, 1.0, 0.0])
+    var1, var2 = np.array([1.0, 4.0, 9.0]), np.array([4.0, 4.0, 1.0])
+    want = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(var1) - np.sqrt(var2)) ** 2)
+    got = chemnet.frechet_distance(mu1, np.diag(var1), mu2, np.diag(var2))
+    assert got == pytest.approx(want)
+    assert chemnet.frechet_distance(mu1, np.diag(var1), mu1, np.diag(var1)) == pytest.approx(0.0)
+
+
+# ----------------------------------------------------------------------------- official numbers
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name", ["test_rows_0_999", "train_every_1500th", "mixed_invalid_duplicates"]
+)
+def test_full_moses_matches_official_values(name):
+    # Needs full MOSES reference statistics: built once (~25 min on 2 cores) into the cache, then
+    # read from it (seconds). See metrics.reference_stats.
+    case = _reference()["sets"][name]
+    fewer_than_k = name.startswith("mixed")  # 900 valid molecules for unique@1000
+    expect = pytest.warns(UserWarning, match="unique@1000") if fewer_than_k else _nothing()
+    with expect:
+        out = metrics.evaluate(case["smiles"], reference="moses", k=[1000])
+    want = case["metrics"]
+    assert set(out) == set(want)
+    for key, value in want.items():
+        if key.startswith("FCD"):
+            assert out[key] == pytest.approx(value, rel=0.01), key
+        else:
+            assert out[key] == pytest.approx(value, abs=0.005), key

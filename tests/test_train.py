@@ -1,0 +1,100 @@
+"""The training loop: exact resume after a kill, non-finite loss handling, run-folder files."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from molvae import chem
+from molvae.loggers import JsonlLogger
+from molvae.models.vae import ModelConfig
+from molvae.train import NonFiniteLossError, TrainConfig, train
+from molvae.vocab import Vocab
+
+SMILES = ["CCO", "c1ccccc1", "CC(=O)Oc1ccccc1C(=O)O", "CN1CCC[C@H]1c1cccnc1", "CCN(CC)CC",
+          "O=C(O)c1ccccc1", "CC(C)Cc1ccc(C(C)C(=O)O)cc1", "Cn1cnc2c1c(=O)n(C)c(=O)n2C"]
+
+
+@pytest.fixture(scope="module")
+def arrays():
+    selfies = [chem.smiles_to_selfies(s) for s in SMILES] * 12
+    vocab = Vocab.fit(selfies)
+    return vocab, vocab.encode_batch(selfies, 40)
+
+
+MODEL = dict(embed_dim=8, enc_hidden=16, latent_dim=4, dec_hidden=16)
+TRAIN = dict(steps=24, batch_size=16, log_every=4, eval_every=12, ckpt_every=8, eval_size=16,
+             warmup_steps=2, kl_warmup_steps=8, progress=False)
+
+
+class Crash(RuntimeError):
+    pass
+
+
+class CrashingLogger(JsonlLogger):
+    """Dies (like a killed process) when asked to log a given step: after its checkpoint."""
+
+    def __init__(self, path, crash_at):
+        super().__init__(path)
+        self.crash_at = crash_at
+
+    def log(self, record):
+        super().log(record)
+        if record["step"] == self.crash_at:
+            raise Crash(f"killed at step {self.crash_at}")
+
+
+def _params(model):
+    return jax.tree.leaves(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+
+
+def _records(path):
+    drop = ("mol_per_s", "time")
+    return [{k: v for k, v in json.loads(line).items() if k not in drop}
+            for line in path.read_text().splitlines()]
+
+
+def test_resume_after_kill_gives_identical_parameters_and_metrics(arrays, tmp_path):
+    vocab, (tokens, lengths) = arrays
+    mcfg, tcfg = ModelConfig(vocab_size=len(vocab), **MODEL), TrainConfig(**TRAIN)
+    val = (tokens[:16], lengths[:16])
+    a, b = tmp_path / "a", tmp_path / "b"
+    full = train(mcfg, tcfg, (tokens, lengths), val, a, JsonlLogger(a / "metrics.jsonl"))
+    with pytest.raises(Crash):  # dies at step 12, after the checkpoint of step 8
+        train(mcfg, tcfg, (tokens, lengths), val, b, CrashingLogger(b / "metrics.jsonl", 12))
+    assert sorted(p.name for p in (b / "checkpoints").iterdir() if p.name.isdigit()) == ["8"]
+    resumed = train(mcfg, tcfg, (tokens, lengths), val, b, JsonlLogger(b / "metrics.jsonl"))
+    assert resumed.step == full.step == 24
+    for x, y in zip(_params(full.model), _params(resumed.model), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert _records(a / "metrics.jsonl") == _records(b / "metrics.jsonl")
+
+
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(arrays, tmp_path):
+    vocab, (tokens, lengths) = arrays
+    mcfg = ModelConfig(vocab_size=len(vocab), **MODEL)
+    val = (tokens[:16], lengths[:16])
+    train(mcfg, TrainConfig(**{**TRAIN, "steps": 8}), (tokens, lengths), val, tmp_path,
+          JsonlLogger(tmp_path / "metrics.jsonl"))
+    # An infinite KL weight makes the loss inf from the first resumed step.
+    bad = TrainConfig(**{**TRAIN, "steps": 16, "kl_schedule": "constant", "kl_max": float("inf")})
+    with pytest.raises(NonFiniteLossError, match="non-finite loss at step 9"):
+        train(mcfg, bad, (tokens, lengths), val, tmp_path, JsonlLogger(tmp_path / "metrics.jsonl"))
+    steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps == [8]
+
+
+def test_training_reduces_the_loss_and_writes_metrics(arrays, tmp_path):
+    vocab, (tokens, lengths) = arrays
+    mcfg = ModelConfig(vocab_size=len(vocab), **MODEL)
+    cfg = TrainConfig(**{**TRAIN, "steps": 60, "lr": 3e-3, "eval_every": 60, "ckpt_every": 60})
+    res = train(mcfg, cfg, (tokens, lengths), (tokens[:16], lengths[:16]), tmp_path,
+                JsonlLogger(tmp_path / "metrics.jsonl"))
+    recs = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs] == list(range(4, 61, 4))
+    assert recs[-1]["recon"] < 0.8 * recs[0]["recon"]
+    for key in ("loss", "kl", "beta", "lr", "token_acc", "mol_per_s", "grad_norm"):
+        assert key in recs[0]
+    assert 0.0 <= res.final_eval["val_recon_acc"] <= 1.0 and res.final_eval["val_token_acc"] > 0.3
