@@ -40,8 +40,11 @@ def configs(cfg: DictConfig):
 
     data = OmegaConf.to_container(cfg.data, resolve=True)
     data.pop("reference", None)
-    return (as_dataclass(DataConfig, data, "data"), as_dataclass(ModelConfig, cfg.model, "model"),
-            as_dataclass(TrainConfig, cfg.train, "train"))
+    return (
+        as_dataclass(DataConfig, data, "data"),
+        as_dataclass(ModelConfig, cfg.model, "model"),
+        as_dataclass(TrainConfig, cfg.train, "train"),
+    )
 
 
 def make_logger(cfg: DictConfig, out: Path):
@@ -53,6 +56,12 @@ def make_logger(cfg: DictConfig, out: Path):
         return MultiLogger(jsonl)
     if cfg.logger.name != "wandb":
         raise ValueError(f"logger.name must be none or wandb, got {cfg.logger.name!r}")
-    wb = WandbLogger(out, OmegaConf.to_container(cfg, resolve=True), project=cfg.logger.project,
-                     mode=cfg.logger.mode, name=cfg.get("run_name"), group=cfg.logger.group)
+    wb = WandbLogger(
+        out,
+        OmegaConf.to_container(cfg, resolve=True),
+        project=cfg.logger.project,
+        mode=cfg.logger.mode,
+        name=cfg.get("run_name"),
+        group=cfg.logger.group,
+    )
     return MultiLogger(jsonl, wb)

@@ -3,9 +3,8 @@
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
-
 from _common import log
+from omegaconf import DictConfig
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")

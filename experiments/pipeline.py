@@ -6,9 +6,8 @@
 import time
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
-
 from _common import configs, log, make_logger, run_dir
+from omegaconf import DictConfig, OmegaConf
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -21,19 +20,24 @@ def main(cfg: DictConfig) -> float:
     out, t0 = run_dir(), time.perf_counter()
     logger = make_logger(cfg, out)
     try:
-        result = train_and_evaluate(data_cfg, model_cfg, train_cfg, out, logger,
-                                    OmegaConf.to_container(cfg, resolve=True))
+        result = train_and_evaluate(
+            data_cfg, model_cfg, train_cfg, out, logger, OmegaConf.to_container(cfg, resolve=True)
+        )
         model = molvae.load(out)
         s = cfg.sample
         smiles = model.sample(s.n, temperature=s.temperature, seed=s.seed, greedy=s.greedy)
         runs.write_samples(out, smiles)
-        scores = runs.evaluate_run(out, cfg.evaluate.reference, cfg.evaluate.metrics,
-                                   cfg.evaluate.n_jobs)
+        scores = runs.evaluate_run(
+            out, cfg.evaluate.reference, cfg.evaluate.metrics, cfg.evaluate.n_jobs
+        )
         logger.log({"step": result.step, **{f"eval/{k}": v for k, v in scores.items()}})
     finally:
         logger.finish()
-    log.info("pipeline done in %.0f s: %s", time.perf_counter() - t0,
-             ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+    log.info(
+        "pipeline done in %.0f s: %s",
+        time.perf_counter() - t0,
+        ", ".join(f"{k} {v:.4f}" for k, v in scores.items()),
+    )
     log.info("run folder: %s", out)
     return float(result.final_eval.get("val_elbo", float("nan")))
 

@@ -3,9 +3,8 @@
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
-
 from _common import log
+from omegaconf import DictConfig
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="sample")
@@ -17,8 +16,9 @@ def main(cfg: DictConfig) -> None:
     model = molvae.load(out)
     smiles = model.sample(cfg.n, temperature=cfg.temperature, seed=cfg.seed, greedy=cfg.greedy)
     df = runs.write_samples(out, smiles)
-    log.info("%d samples, %.1f%% valid -> %s", len(df), 100 * df["valid"].mean(),
-             out / runs.SAMPLES_CSV)
+    log.info(
+        "%d samples, %.1f%% valid -> %s", len(df), 100 * df["valid"].mean(), out / runs.SAMPLES_CSV
+    )
 
 
 if __name__ == "__main__":

@@ -6,9 +6,8 @@ validation ELBO (nats) so sweepers can minimise it.
 """
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
-
 from _common import configs, log, make_logger, run_dir
+from omegaconf import DictConfig, OmegaConf
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -19,8 +18,9 @@ def main(cfg: DictConfig) -> float:
     out = run_dir()
     logger = make_logger(cfg, out)
     try:
-        result = train_and_evaluate(data_cfg, model_cfg, train_cfg, out, logger,
-                                    OmegaConf.to_container(cfg, resolve=True))
+        result = train_and_evaluate(
+            data_cfg, model_cfg, train_cfg, out, logger, OmegaConf.to_container(cfg, resolve=True)
+        )
     finally:
         logger.finish()
     log.info("run folder: %s", out)

@@ -21,8 +21,14 @@ PRETRAINED = {"moses": Path(__file__).parent / "assets" / "pretrained" / "moses"
 class MolVAE:
     """A trained SELFIES VAE with its vocabulary. Inputs SMILES lists, outputs numpy / SMILES."""
 
-    def __init__(self, model: VAE, vocab: Vocab, max_len: int, run_dir: Path | None = None,
-                 config: dict | None = None):
+    def __init__(
+        self,
+        model: VAE,
+        vocab: Vocab,
+        max_len: int,
+        run_dir: Path | None = None,
+        config: dict | None = None,
+    ):
         self.model, self.vocab, self.max_len = model, vocab, max_len
         self.run_dir, self.config = run_dir, config or {}
         self._dec = sample.Decoder(model, vocab, max_len)
@@ -32,8 +38,10 @@ class MolVAE:
         return self.model.cfg.latent_dim
 
     def __repr__(self) -> str:
-        return (f"MolVAE(latent_dim={self.latent_dim}, vocab={len(self.vocab)}, "
-                f"max_len={self.max_len}, run_dir={str(self.run_dir)!r})")
+        return (
+            f"MolVAE(latent_dim={self.latent_dim}, vocab={len(self.vocab)}, "
+            f"max_len={self.max_len}, run_dir={str(self.run_dir)!r})"
+        )
 
     def encode(self, smiles: Sequence[str], return_logvar: bool = False):
         """Posterior means (n, latent_dim); with return_logvar also the log-variances.
@@ -43,13 +51,20 @@ class MolVAE:
         mu, logvar = self._dec.encode(list(smiles))
         return (mu, logvar) if return_logvar else mu
 
-    def decode(self, z: np.ndarray, greedy: bool = True, temperature: float = 1.0,
-               seed: int = 0) -> list[str]:
+    def decode(
+        self, z: np.ndarray, greedy: bool = True, temperature: float = 1.0, seed: int = 0
+    ) -> list[str]:
         """Canonical SMILES for latents z (n, latent_dim); '' where decoding fails."""
         return self._dec.decode(np.asarray(z), seed, temperature, greedy)
 
-    def sample(self, n: int, temperature: float = 1.0, seed: int = 0, greedy: bool = False,
-               scale: float = 1.0) -> list[str]:
+    def sample(
+        self,
+        n: int,
+        temperature: float = 1.0,
+        seed: int = 0,
+        greedy: bool = False,
+        scale: float = 1.0,
+    ) -> list[str]:
         """n molecules from the prior z ~ N(0, scale^2 I), decoded stochastically at
         `temperature` (or greedily). Same seed, same molecules."""
         if n < 0:
@@ -74,8 +89,9 @@ class MolVAE:
         z = self.encode([smiles])[0]
         return self.decode(sample.neighbourhood(z, n, scale, seed))
 
-    def log_likelihood(self, smiles: Sequence[str], k: int = 64, seed: int = 0,
-                       details: bool = False):
+    def log_likelihood(
+        self, smiles: Sequence[str], k: int = 64, seed: int = 0, details: bool = False
+    ):
         """Importance-weighted lower bound on log p(x) per molecule, in nats (k samples).
 
         With details=True: dict with log_likelihood, rate (KL, nats) and distortion (nats).
@@ -111,8 +127,9 @@ def load(run_dir: str | Path) -> MolVAE:
             raise ValueError(f"unknown pretrained model {name!r}; available: {sorted(PRETRAINED)}")
         run_dir = PRETRAINED[name]
         if not (run_dir / runs.PARAMS_NPZ).exists():
-            raise runs.RunFolderError(f"the pretrained model {name!r} is not shipped in this "
-                                      f"installation ({run_dir})")
+            raise runs.RunFolderError(
+                f"the pretrained model {name!r} is not shipped in this installation ({run_dir})"
+            )
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise runs.RunFolderError(f"run folder {run_dir} does not exist")

@@ -47,7 +47,7 @@ def canonical(smiles: str | None, isomeric: bool = True) -> str | None:
 
 
 def is_valid(smiles: str | None) -> bool:
-    """True if RDKit parses and sanitizes the SMILES into a non-empty molecule (MOSES's validity)."""
+    """True if RDKit parses and sanitizes the SMILES into a non-empty molecule (as MOSES)."""
     return mol_from_smiles(smiles) is not None
 
 
@@ -133,7 +133,8 @@ def _property_row(args: tuple[str, tuple[str, ...]]) -> list[float]:
 
 
 def properties(
-    smiles: Sequence[str], names: Sequence[str] = ("qed", "logp", "sa", "weight", "plogp"),
+    smiles: Sequence[str],
+    names: Sequence[str] = ("qed", "logp", "sa", "weight", "plogp"),
     n_jobs: int | None = None,
 ) -> pd.DataFrame:
     """Table of properties, one row per SMILES (nan for invalid ones), computed in parallel."""

@@ -1,4 +1,4 @@
-"""Fetch files shipped inside PyPI wheels (MOSES data, ChemNet weights) into a checked local cache."""
+"""Fetch files shipped inside PyPI wheels (MOSES data, ChemNet weights) into a checked cache."""
 
 from __future__ import annotations
 
@@ -29,12 +29,16 @@ class Wheel:
 
 
 MOLSETS = Wheel(
-    "molsets", "0.3.1", "molsets-0.3.1-py3-none-any.whl",
+    "molsets",
+    "0.3.1",
+    "molsets-0.3.1-py3-none-any.whl",
     "7f4450e3ebecebe79c3a2a55950c93daddee071120daf64a163d03481e811d34",
 )
 # The published ChemNet weights (Keras .h5, Preuer et al. 2018; LGPL-3.0) behind FCD.
 FCD = Wheel(
-    "fcd", "1.1", "FCD-1.1-py3-none-any.whl",
+    "fcd",
+    "1.1",
+    "FCD-1.1-py3-none-any.whl",
     "68ab17039ccf41d5c5e4df8db4cff90da51f487e0a7d5ed5094a1297e4fe26bf",
 )
 
@@ -60,9 +64,19 @@ def wheel_path(wheel: Wheel, download: bool = True) -> Path:
     if not path.exists() and download:
         folder.mkdir(parents=True, exist_ok=True)
         log.info("downloading %s==%s from PyPI into %s", wheel.package, wheel.version, folder)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "-q", "-d", str(folder),
-               f"{wheel.package}=={wheel.version}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "-q",
+            "-d",
+            str(folder),
+            f"{wheel.package}=={wheel.version}",
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0 or not path.exists():
             raise DataUnavailableError(

@@ -40,7 +40,7 @@ class JsonlLogger:
 
 
 def truncate_jsonl(path: Path, step: int) -> None:
-    """Keep only records with step <= `step`: a resumed run rewrites what came after its checkpoint."""
+    """Keep records with step <= `step`: a resumed run rewrites what followed its checkpoint."""
     if not path.exists():
         return
     keep = []
@@ -60,8 +60,13 @@ class WandbLogger:
     """Weights & Biases run writing into the run folder; offline unless mode='online'."""
 
     def __init__(
-        self, run_dir: str | Path, config: dict[str, Any], project: str = "molvae",
-        mode: str = "offline", name: str | None = None, group: str | None = None,
+        self,
+        run_dir: str | Path,
+        config: dict[str, Any],
+        project: str = "molvae",
+        mode: str = "offline",
+        name: str | None = None,
+        group: str | None = None,
         resume_id: str | None = None,
     ):
         import wandb  # imported here: wandb is slow to import and only needed when asked for
@@ -69,8 +74,15 @@ class WandbLogger:
         os.environ.setdefault("WANDB_SILENT", "true")
         self._wandb = wandb
         self.run = wandb.init(
-            project=project, dir=str(run_dir), config=config, mode=mode, name=name, group=group,
-            id=resume_id, resume="allow" if resume_id else None, reinit="finish_previous",
+            project=project,
+            dir=str(run_dir),
+            config=config,
+            mode=mode,
+            name=name,
+            group=group,
+            id=resume_id,
+            resume="allow" if resume_id else None,
+            reinit="finish_previous",
         )
 
     def log(self, record: dict[str, Any]) -> None:

@@ -21,7 +21,12 @@ log = logging.getLogger(__name__)
 
 RUN_FORMAT = "molvae-run-1"
 RUN_JSON, VOCAB_JSON, METRICS_JSONL = "run.json", "vocab.json", "metrics.jsonl"
-SAMPLES_CSV, EVAL_JSON, PARAMS_NPZ, CHECKPOINTS = "samples.csv", "metrics.json", "params.npz", "checkpoints"
+SAMPLES_CSV, EVAL_JSON, PARAMS_NPZ, CHECKPOINTS = (
+    "samples.csv",
+    "metrics.json",
+    "params.npz",
+    "checkpoints",
+)
 
 
 class RunFolderError(ValueError):
@@ -34,13 +39,16 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def write_run_info(run_dir: Path, model_cfg: ModelConfig, vocab: Vocab, max_len: int,
-                   config: dict[str, Any]) -> None:
+def write_run_info(
+    run_dir: Path, model_cfg: ModelConfig, vocab: Vocab, max_len: int, config: dict[str, Any]
+) -> None:
     """run.json (architecture + max length + resolved config) and vocab.json."""
     run_dir.mkdir(parents=True, exist_ok=True)
     vocab.save(run_dir / VOCAB_JSON)
-    write_json_atomic(run_dir / RUN_JSON, {"format": RUN_FORMAT, "model": model_cfg.to_dict(),
-                                           "max_len": max_len, "config": config})
+    write_json_atomic(
+        run_dir / RUN_JSON,
+        {"format": RUN_FORMAT, "model": model_cfg.to_dict(), "max_len": max_len, "config": config},
+    )
 
 
 def read_run_info(run_dir: Path) -> tuple[ModelConfig, Vocab, int, dict[str, Any]]:
@@ -52,8 +60,10 @@ def read_run_info(run_dir: Path) -> tuple[ModelConfig, Vocab, int, dict[str, Any
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise RunFolderError(f"{path}: not valid JSON ({e})") from e
     if not isinstance(info, dict) or info.get("format") != RUN_FORMAT:
-        raise RunFolderError(f"{path}: not a molvae run file (format "
-                             f"{info.get('format') if isinstance(info, dict) else None!r})")
+        raise RunFolderError(
+            f"{path}: not a molvae run file (format "
+            f"{info.get('format') if isinstance(info, dict) else None!r})"
+        )
     try:
         known = set(ModelConfig.__dataclass_fields__)
         model_cfg = ModelConfig(**{k: v for k, v in info["model"].items() if k in known})
@@ -62,8 +72,10 @@ def read_run_info(run_dir: Path) -> tuple[ModelConfig, Vocab, int, dict[str, Any
         raise RunFolderError(f"{path}: bad model description ({e})") from e
     vocab = Vocab.load(run_dir / VOCAB_JSON)
     if len(vocab) != model_cfg.vocab_size:
-        raise RunFolderError(f"{run_dir / VOCAB_JSON} has {len(vocab)} tokens but the model "
-                             f"in {path} expects {model_cfg.vocab_size}")
+        raise RunFolderError(
+            f"{run_dir / VOCAB_JSON} has {len(vocab)} tokens but the model "
+            f"in {path} expects {model_cfg.vocab_size}"
+        )
     return model_cfg, vocab, max_len, info.get("config", {})
 
 
@@ -94,16 +106,21 @@ def import_params(model: VAE, path: Path) -> None:
     expected = _flat(nnx.to_pure_dict(state))
     if set(stored) != set(expected):
         missing, extra = set(expected) - set(stored), set(stored) - set(expected)
-        raise RunFolderError(f"{path}: parameters do not match the model (missing "
-                             f"{sorted(missing)[:3]}, unexpected {sorted(extra)[:3]})")
+        raise RunFolderError(
+            f"{path}: parameters do not match the model (missing "
+            f"{sorted(missing)[:3]}, unexpected {sorted(extra)[:3]})"
+        )
     for k, v in expected.items():
         if stored[k].shape != v.shape:
             raise RunFolderError(f"{path}: {k} has shape {stored[k].shape}, expected {v.shape}")
 
     def rebuild(tree, prefix=""):
-        return {k: rebuild(v, f"{prefix}/{k}" if prefix else str(k)) if isinstance(v, dict)
-                else jax.numpy.asarray(stored[f"{prefix}/{k}" if prefix else str(k)])
-                for k, v in tree.items()}
+        return {
+            k: rebuild(v, f"{prefix}/{k}" if prefix else str(k))
+            if isinstance(v, dict)
+            else jax.numpy.asarray(stored[f"{prefix}/{k}" if prefix else str(k)])
+            for k, v in tree.items()
+        }
 
     nnx.replace_by_pure_dict(state, rebuild(nnx.to_pure_dict(state)))
     nnx.update(model, state)
@@ -112,8 +129,9 @@ def import_params(model: VAE, path: Path) -> None:
 # ----------------------------------------------------------------------------- samples
 
 
-def write_samples(run_dir: Path, smiles: list[str], properties: bool = True,
-                  name: str = SAMPLES_CSV) -> pd.DataFrame:
+def write_samples(
+    run_dir: Path, smiles: list[str], properties: bool = True, name: str = SAMPLES_CSV
+) -> pd.DataFrame:
     """samples.csv: one row per sample in order, with validity and RDKit properties."""
     df = pd.DataFrame({"smiles": smiles, "valid": [bool(s) for s in smiles]})
     if properties:
@@ -146,8 +164,12 @@ def train_smiles_of_run(run_dir: Path) -> list[str] | None:
     return load_dataset(DataConfig(**data)).train.smiles
 
 
-def evaluate_run(run_dir: Path, reference: str = "moses_sample", metrics: str = "basic",
-                 n_jobs: int | None = None) -> dict[str, float]:
+def evaluate_run(
+    run_dir: Path,
+    reference: str = "moses_sample",
+    metrics: str = "basic",
+    n_jobs: int | None = None,
+) -> dict[str, float]:
     """Score samples.csv; novelty against the run's own training set. Writes metrics.json."""
     from molvae import metrics as m
 
@@ -161,6 +183,7 @@ def evaluate_run(run_dir: Path, reference: str = "moses_sample", metrics: str = 
         scores = m.evaluate(smiles, reference=reference, train_smiles=train, n_jobs=n_jobs)
     else:
         raise ValueError(f"metrics must be 'basic' or 'all', got {metrics!r}")
-    write_json_atomic(run_dir / EVAL_JSON, {"n_samples": len(smiles), "reference": reference,
-                                            **scores})
+    write_json_atomic(
+        run_dir / EVAL_JSON, {"n_samples": len(smiles), "reference": reference, **scores}
+    )
     return scores

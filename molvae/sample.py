@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import selfies as sf
 from flax import nnx
 
 from molvae import chem
 from molvae.models.vae import VAE
 from molvae.train import gaussian_kl, sequence_nll
-from molvae.vocab import Vocab
+from molvae.vocab import UnknownSymbolError, Vocab
+
+log = logging.getLogger(__name__)
 
 CHUNK = 512  # latents decoded per jitted call; fixed so one shape is compiled per model
 
@@ -72,8 +76,15 @@ class Decoder:
         for c, i in enumerate(range(0, len(z), CHUNK)):
             zc = z[i : i + CHUNK]
             padded = np.concatenate([zc, np.zeros((CHUNK - len(zc), z.shape[1]), np.float32)])
-            ids = _generate(self.graphdef, self.params, padded, jax.random.fold_in(key, c),
-                            jnp.float32(temperature), self.max_len, greedy)
+            ids = _generate(
+                self.graphdef,
+                self.params,
+                padded,
+                jax.random.fold_in(key, c),
+                jnp.float32(temperature),
+                self.max_len,
+                greedy,
+            )
             out.append(np.asarray(ids)[: len(zc)])
         return np.concatenate(out) if out else np.zeros((0, self.max_len + 1), np.int32)
 
@@ -82,22 +93,39 @@ class Decoder:
         selfies = [self.vocab.decode_selfies(row) for row in ids]
         return chem.parallel_map(chem.selfies_to_smiles, selfies, n_jobs=n_jobs)
 
-    def decode(self, z: np.ndarray, seed: int = 0, temperature: float = 1.0,
-               greedy: bool = True) -> list[str]:
+    def decode(
+        self, z: np.ndarray, seed: int = 0, temperature: float = 1.0, greedy: bool = True
+    ) -> list[str]:
         return self.ids_to_smiles(self.decode_ids(z, seed, temperature, greedy))
 
     # -- SMILES -> latents ----------------------------------------------------------------------
 
     def tokenize(self, smiles: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Tokens and lengths; the width grows past max_len if a molecule needs it."""
-        selfies = []
+        selfies, flattened = [], 0
         for s in smiles:
             can = chem.canonical(s)
             enc = chem.smiles_to_selfies(can) if can else None
             if enc is None:
                 raise ValueError(f"cannot encode molecule {s!r}: invalid SMILES")
+            try:
+                self.vocab.encode(enc, s)
+            except UnknownSymbolError as unknown:
+                # Models trained without stereochemistry (MOSES has none) still encode a chiral
+                # input by its flat graph; anything else unknown is an error naming the symbol.
+                flat = chem.smiles_to_selfies(chem.canonical(s, isomeric=False) or "")
+                try:
+                    self.vocab.encode(flat or "", s)
+                except UnknownSymbolError:
+                    raise unknown from None
+                enc, flattened = flat, flattened + 1
             selfies.append(enc)
-        longest = max((len(self.vocab.encode(s, m)) for s, m in zip(selfies, smiles)), default=0)
+        if flattened:
+            log.warning(
+                "%d molecule(s) encoded without stereochemistry, which the vocabulary lacks",
+                flattened,
+            )
+        longest = max((len(list(sf.split_selfies(s))) for s in selfies), default=0)
         return self.vocab.encode_batch(selfies, max(self.max_len, longest), smiles)
 
     def encode(self, smiles: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -116,12 +144,11 @@ class Decoder:
             return np.zeros((0, self.latent_dim), np.float32), np.zeros((0, self.latent_dim))
         return np.concatenate(mus), np.concatenate(lvs)
 
-
     def log_likelihood(
         self, smiles: Sequence[str], k: int = 64, seed: int = 0, chunk: int = 64
     ) -> dict[str, np.ndarray]:
         """Per molecule: importance-weighted bound on log p(x) (nats), rate KL(q||p) (nats) and
-        distortion E_q[-log p(x|z)] (nats). Low log p(x) flags molecules unlike the training data."""
+        distortion E_q[-log p(x|z)] (nats). Low log p(x) flags molecules unlike the training set."""
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         tokens, lengths = self.tokenize(smiles)
@@ -133,7 +160,7 @@ class Decoder:
             t = np.concatenate([t, np.zeros((chunk - n, t.shape[1]), t.dtype)])
             l_ = np.concatenate([l_, np.ones(chunk - n, l_.dtype)])
             res = _iw_terms(self.graphdef, self.params, t, l_, jax.random.fold_in(key, c), k)
-            for name, v in zip(out, res):
+            for name, v in zip(out, res, strict=True):
                 out[name].append(np.asarray(v)[:n])
         return {name: np.concatenate(v) if v else np.zeros(0) for name, v in out.items()}
 

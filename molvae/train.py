@@ -62,8 +62,15 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "log_every", "eval_every", "ckpt_every",
-                     "keep_checkpoints", "eval_size"):
+        for name in (
+            "steps",
+            "batch_size",
+            "log_every",
+            "eval_every",
+            "ckpt_every",
+            "keep_checkpoints",
+            "eval_size",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"train.{name} must be positive, got {getattr(self, name)}")
         if not self.lr > 0:
@@ -71,8 +78,9 @@ class TrainConfig:
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"train.lr_schedule must be constant or cosine: {self.lr_schedule!r}")
         if self.kl_schedule not in ("constant", "linear", "cyclical"):
-            raise ValueError(f"train.kl_schedule must be constant, linear or cyclical: "
-                             f"{self.kl_schedule!r}")
+            raise ValueError(
+                f"train.kl_schedule must be constant, linear or cyclical: {self.kl_schedule!r}"
+            )
         if self.kl_max < 0 or self.free_bits < 0:
             raise ValueError("train.kl_max and train.free_bits must be >= 0")
         if not 0 < self.kl_ratio <= 1:
@@ -97,17 +105,25 @@ def kl_weight(step: jax.Array | int, cfg: TrainConfig) -> jax.Array:
 
 def lr_schedule(cfg: TrainConfig) -> optax.Schedule:
     if cfg.lr_schedule == "constant":
-        return optax.linear_schedule(0.0, cfg.lr, max(cfg.warmup_steps, 1)) if cfg.warmup_steps \
+        return (
+            optax.linear_schedule(0.0, cfg.lr, max(cfg.warmup_steps, 1))
+            if cfg.warmup_steps
             else optax.constant_schedule(cfg.lr)
+        )
     return optax.warmup_cosine_decay_schedule(
-        0.0, cfg.lr, max(cfg.warmup_steps, 1), max(cfg.steps, cfg.warmup_steps + 1),
+        0.0,
+        cfg.lr,
+        max(cfg.warmup_steps, 1),
+        max(cfg.steps, cfg.warmup_steps + 1),
         end_value=cfg.lr * cfg.lr_end_factor,
     )
 
 
 def make_tx(cfg: TrainConfig) -> optax.GradientTransformation:
     sched = lr_schedule(cfg)
-    opt = optax.adamw(sched, weight_decay=cfg.weight_decay) if cfg.weight_decay else optax.adam(sched)
+    opt = (
+        optax.adamw(sched, weight_decay=cfg.weight_decay) if cfg.weight_decay else optax.adam(sched)
+    )
     return optax.chain(optax.clip_by_global_norm(cfg.clip_norm), opt) if cfg.clip_norm else opt
 
 
@@ -119,7 +135,9 @@ def gaussian_kl(mu: jax.Array, logvar: jax.Array) -> jax.Array:
     return 0.5 * (jnp.square(mu) + jnp.exp(logvar) - 1.0 - logvar)
 
 
-def sequence_nll(logits: jax.Array, targets: jax.Array, lengths: jax.Array) -> tuple[jax.Array, ...]:
+def sequence_nll(
+    logits: jax.Array, targets: jax.Array, lengths: jax.Array
+) -> tuple[jax.Array, ...]:
     """Masked token cross-entropy summed per molecule (B,), and token hits/counts."""
     mask = jnp.arange(targets.shape[1])[None, :] < lengths[:, None]  # (B, L)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
@@ -128,8 +146,13 @@ def sequence_nll(logits: jax.Array, targets: jax.Array, lengths: jax.Array) -> t
 
 
 def elbo_terms(
-    model: VAE, tokens: jax.Array, lengths: jax.Array, weights: jax.Array, key: jax.Array,
-    beta: jax.Array, free_bits: float,
+    model: VAE,
+    tokens: jax.Array,
+    lengths: jax.Array,
+    weights: jax.Array,
+    key: jax.Array,
+    beta: jax.Array,
+    free_bits: float,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Loss = E[recon] + beta * KL (with optional free bits); weights (B,) mask padding rows."""
     logits, mu, logvar = model(tokens, lengths, key)
@@ -140,8 +163,13 @@ def elbo_terms(
     kl_per_dim = jnp.sum(kl_dim * weights[:, None], 0) / n  # (Z,)
     kl_term = jnp.sum(jnp.maximum(kl_per_dim, free_bits)) if free_bits > 0 else kl_per_dim.sum()
     loss = mean(recon) + beta * kl_term
-    aux = {"loss": loss, "recon": mean(recon), "kl": kl_per_dim.sum(), "beta": beta,
-           "token_acc": jnp.sum(hits * weights) / jnp.maximum(jnp.sum(count * weights), 1)}
+    aux = {
+        "loss": loss,
+        "recon": mean(recon),
+        "kl": kl_per_dim.sum(),
+        "beta": beta,
+        "token_acc": jnp.sum(hits * weights) / jnp.maximum(jnp.sum(count * weights), 1),
+    }
     return loss, aux
 
 
@@ -149,7 +177,7 @@ def elbo_terms(
 
 
 def make_train_step(graphdef: nnx.GraphDef, cfg: TrainConfig):
-    """jit over split NNX state (not nnx.jit: its per-call graph traversal costs on small models)."""
+    """jit over split NNX state (not nnx.jit: its per-call graph walk costs on small models)."""
 
     @jax.jit
     def train_step(state, tokens, lengths, weights, key):
@@ -182,9 +210,14 @@ def make_eval_step(graphdef_model: nnx.GraphDef, max_len: int):
         out = model.generate(mu, jax.random.key(0), max_len, greedy=True)  # (B, max_len + 1)
         target = tokens[:, 1:]
         same = jnp.all((out == target) | (jnp.arange(target.shape[1]) >= lengths[:, None]), axis=1)
-        return {"recon_sum": jnp.sum(recon * weights), "kl_sum": jnp.sum(kl * weights),
-                "hits": jnp.sum(hits * weights), "count": jnp.sum(count * weights),
-                "exact": jnp.sum(same * weights), "n": jnp.sum(weights)}
+        return {
+            "recon_sum": jnp.sum(recon * weights),
+            "kl_sum": jnp.sum(kl * weights),
+            "hits": jnp.sum(hits * weights),
+            "count": jnp.sum(count * weights),
+            "exact": jnp.sum(same * weights),
+            "n": jnp.sum(weights),
+        }
 
     return eval_step
 
@@ -210,7 +243,10 @@ class Batches:
     def __call__(self, step: int) -> tuple[np.ndarray, np.ndarray]:
         epoch, i = divmod(step, self.per_epoch)
         if self._perm is None or self._perm[0] != epoch:
-            self._perm = (epoch, np.random.default_rng([self.seed, epoch]).permutation(len(self.tokens)))
+            self._perm = (
+                epoch,
+                np.random.default_rng([self.seed, epoch]).permutation(len(self.tokens)),
+            )
         idx = self._perm[1][i * self.bs : (i + 1) * self.bs]
         lengths = self.lengths[idx]
         width = bucket_width(int(lengths.max()) + 1, self.tokens.shape[1])  # + bos
@@ -221,17 +257,24 @@ class Batches:
 
 
 def checkpoint_manager(run_dir: Path, cfg: TrainConfig) -> ocp.CheckpointManager:
-    opts = ocp.CheckpointManagerOptions(max_to_keep=cfg.keep_checkpoints, create=True,
-                                        enable_async_checkpointing=False)
+    opts = ocp.CheckpointManagerOptions(
+        max_to_keep=cfg.keep_checkpoints, create=True, enable_async_checkpointing=False
+    )
     return ocp.CheckpointManager((run_dir / "checkpoints").absolute(), options=opts)
 
 
 def save_checkpoint(mngr: ocp.CheckpointManager, step: int, state: nnx.State, meta: dict) -> None:
     params = nnx.to_pure_dict(state[0])
     opt = nnx.to_pure_dict(state[1])
-    mngr.save(step, args=ocp.args.Composite(
-        params=ocp.args.StandardSave(params), opt=ocp.args.StandardSave(opt),
-        meta=ocp.args.JsonSave(meta)), force=True)
+    mngr.save(
+        step,
+        args=ocp.args.Composite(
+            params=ocp.args.StandardSave(params),
+            opt=ocp.args.StandardSave(opt),
+            meta=ocp.args.JsonSave(meta),
+        ),
+        force=True,
+    )
     mngr.wait_until_finished()
 
 
@@ -239,14 +282,18 @@ def restore_into(mngr: ocp.CheckpointManager, step: int, state: nnx.State, with_
     """Restore checkpoint `step` into the structure of `state` ((params, opt) or params)."""
     target = state if with_opt else (state,)
     abstract = lambda s: jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.to_pure_dict(s))  # noqa: E731
-    items = {"params": ocp.args.StandardRestore(abstract(target[0])), "meta": ocp.args.JsonRestore()}
+    items = {
+        "params": ocp.args.StandardRestore(abstract(target[0])),
+        "meta": ocp.args.JsonRestore(),
+    }
     if with_opt:
         items["opt"] = ocp.args.StandardRestore(abstract(target[1]))
     try:
         got = mngr.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:  # noqa: BLE001 - orbax raises many types; name the folder instead
-        raise CheckpointError(f"cannot restore checkpoint {mngr.directory}/{step}: "
-                              f"{type(e).__name__}: {e}") from e
+        raise CheckpointError(
+            f"cannot restore checkpoint {mngr.directory}/{step}: {type(e).__name__}: {e}"
+        ) from e
     nnx.replace_by_pure_dict(target[0], got["params"])
     if with_opt:
         nnx.replace_by_pure_dict(target[1], got["opt"])
@@ -278,14 +325,22 @@ def evaluate_split(eval_step, params, tokens, lengths, batch_size: int) -> dict[
         for k, v in jax.device_get(out).items():
             tot[k] = tot.get(k, 0.0) + float(v)
     n = max(tot["n"], 1.0)
-    return {"val_recon": tot["recon_sum"] / n, "val_kl": tot["kl_sum"] / n,
-            "val_elbo": (tot["recon_sum"] + tot["kl_sum"]) / n,
-            "val_token_acc": tot["hits"] / max(tot["count"], 1.0), "val_recon_acc": tot["exact"] / n}
+    return {
+        "val_recon": tot["recon_sum"] / n,
+        "val_kl": tot["kl_sum"] / n,
+        "val_elbo": (tot["recon_sum"] + tot["kl_sum"]) / n,
+        "val_token_acc": tot["hits"] / max(tot["count"], 1.0),
+        "val_recon_acc": tot["exact"] / n,
+    }
 
 
 def train(
-    model_cfg: ModelConfig, cfg: TrainConfig, train_data: tuple[np.ndarray, np.ndarray],
-    val_data: tuple[np.ndarray, np.ndarray], run_dir: str | Path, logger: Logger,
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    train_data: tuple[np.ndarray, np.ndarray],
+    val_data: tuple[np.ndarray, np.ndarray],
+    run_dir: str | Path,
+    logger: Logger,
     extra_meta: dict | None = None,
 ) -> TrainResult:
     """Train a VAE on token arrays, checkpointing into run_dir and resuming from it if present."""
@@ -333,15 +388,26 @@ def train(
     history: list[dict[str, Any]] = []
     pending: list[dict[str, jax.Array]] = []
     t_last, n_last, t0 = time.perf_counter(), 0, time.perf_counter()
-    bar = tqdm(total=cfg.steps, initial=start, desc="train", disable=not cfg.progress,
-               dynamic_ncols=True, mininterval=1.0)
+    bar = tqdm(
+        total=cfg.steps,
+        initial=start,
+        desc="train",
+        disable=not cfg.progress,
+        dynamic_ncols=True,
+        mininterval=1.0,
+    )
     step = start
-    with mesh:
+    with jax.set_mesh(mesh):
         while step < cfg.steps:
             t, l_ = batches(step)
             w = np.ones(len(t), np.float32)
-            state, aux = train_step(state, jax.device_put(t, data_sh), jax.device_put(l_, data_sh),
-                                    jax.device_put(w, data_sh), base_key)
+            state, aux = train_step(
+                state,
+                jax.device_put(t, data_sh),
+                jax.device_put(l_, data_sh),
+                jax.device_put(w, data_sh),
+                base_key,
+            )
             pending.append(aux)
             step += 1
             n_last += len(t)
@@ -358,15 +424,22 @@ def train(
                     rec.update(evaluate_split(eval_step, state[0], val_t, val_l, eval_bs))
                 logger.log(rec)
                 history.append(rec)
-                bar.set_postfix(loss=f"{rec['loss']:.3f}", kl=f"{rec['kl']:.2f}",
-                                mol_s=f"{rec['mol_per_s']:.0f}")
+                bar.set_postfix(
+                    loss=f"{rec['loss']:.3f}",
+                    kl=f"{rec['kl']:.2f}",
+                    mol_s=f"{rec['mol_per_s']:.0f}",
+                )
                 if is_ckpt:
                     checkpoint(step)
     bar.close()
     model, _ = nnx.merge(graphdef, jax.device_get(state))
     final = {k: v for k, v in history[-1].items() if k.startswith("val_")} if history else {}
-    log.info("trained to step %d in %.1f s; %s", step, time.perf_counter() - t0,
-             json.dumps({k: round(v, 4) for k, v in final.items()}))
+    log.info(
+        "trained to step %d in %.1f s; %s",
+        step,
+        time.perf_counter() - t0,
+        json.dumps({k: round(v, 4) for k, v in final.items()}),
+    )
     return TrainResult(model=model, step=step, history=history, final_eval=final)
 
 
@@ -379,7 +452,8 @@ def _flush(pending: list[dict[str, jax.Array]], step: int, cfg: TrainConfig) -> 
         bad = step - len(losses) + int(np.argmin(np.isfinite(losses)))
         raise NonFiniteLossError(
             f"non-finite loss at step {bad + 1}; stopping. The last good checkpoint is kept "
-            f"(lower train.lr or raise train.clip_norm)")
+            f"(lower train.lr or raise train.clip_norm)"
+        )
     rec = {"step": step}
     for k in got[-1]:
         rec[k] = float(np.mean([g[k] for g in got]))
@@ -395,7 +469,11 @@ def config_dict(*cfgs: Any) -> dict[str, Any]:
 
 
 def train_and_evaluate(
-    data_cfg, model_cfg: ModelConfig, cfg: TrainConfig, run_dir: str | Path, logger: Logger,
+    data_cfg,
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    run_dir: str | Path,
+    logger: Logger,
     config: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Load and preprocess data, fit (or reload) the vocabulary, write run.json, train."""
@@ -413,23 +491,31 @@ def train_and_evaluate(
     train_arr = vocab.encode_batch(ds.train.selfies, max_len, ds.train.smiles)
     # Test molecules with a symbol never seen in training cannot be scored; count them.
     keep, skipped = [], 0
-    for s, m in zip(ds.test.selfies, ds.test.smiles):
+    for s, m in zip(ds.test.selfies, ds.test.smiles, strict=True):
         try:
             vocab.encode(s, m)
             keep.append(s)
         except UnknownSymbolError:
             skipped += 1
     if skipped:
-        log.warning("%d test molecules have symbols outside the training vocabulary; skipped "
-                    "in validation", skipped)
+        log.warning(
+            "%d test molecules have symbols outside the training vocabulary; skipped in validation",
+            skipped,
+        )
     val_arr = vocab.encode_batch(keep, max_len)
     model_cfg = dataclasses.replace(model_cfg, vocab_size=len(vocab))
     if resuming:
         old_cfg, *_ = runs.read_run_info(run_dir)
         if old_cfg != model_cfg:
-            raise CheckpointError(f"{run_dir} holds a run of another model ({old_cfg}); "
-                                  f"use a new run folder")
+            raise CheckpointError(
+                f"{run_dir} holds a run of another model ({old_cfg}); use a new run folder"
+            )
     runs.write_run_info(run_dir, model_cfg, vocab, max_len, config or {})
-    log.info("data: %d train / %d validation molecules, vocabulary of %d symbols, max_len %d",
-             len(train_arr[0]), len(val_arr[0]), len(vocab), max_len)
+    log.info(
+        "data: %d train / %d validation molecules, vocabulary of %d symbols, max_len %d",
+        len(train_arr[0]),
+        len(val_arr[0]),
+        len(vocab),
+        max_len,
+    )
     return train(model_cfg, cfg, train_arr, val_arr, run_dir, logger)

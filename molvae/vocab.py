@@ -52,7 +52,9 @@ class Vocab:
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
             if data.get("format") != FORMAT:
-                raise VocabFileError(f"{path}: not a molvae vocabulary (format {data.get('format')!r})")
+                raise VocabFileError(
+                    f"{path}: not a molvae vocabulary (format {data.get('format')!r})"
+                )
             tokens = data["tokens"]
             if not all(isinstance(t, str) for t in tokens):
                 raise VocabFileError(f"{path}: tokens must be strings")
@@ -107,8 +109,10 @@ class Vocab:
         for i, s in enumerate(selfies):
             ids = self.encode(s, smiles[i] if smiles is not None else None)
             if len(ids) > max_len:
-                raise ValueError(f"molecule {smiles[i] if smiles else s!r} has {len(ids)} symbols "
-                                 f"> max_len {max_len}")
+                raise ValueError(
+                    f"molecule {smiles[i] if smiles else s!r} has {len(ids)} symbols "
+                    f"> max_len {max_len}"
+                )
             out[i, 0] = self.bos_id
             out[i, 1 : len(ids) + 1] = ids
             out[i, len(ids) + 1] = self.eos_id

@@ -35,8 +35,17 @@ def tiny_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny_run")
     data = DataConfig(limit=300, max_len=40)
     model = ModelConfig(embed_dim=16, enc_hidden=32, latent_dim=8, dec_hidden=32)
-    train = TrainConfig(steps=30, batch_size=32, log_every=10, eval_every=30, ckpt_every=30,
-                        eval_size=64, warmup_steps=5, kl_warmup_steps=10, progress=False)
+    train = TrainConfig(
+        steps=30,
+        batch_size=32,
+        log_every=10,
+        eval_every=30,
+        ckpt_every=30,
+        eval_size=64,
+        warmup_steps=5,
+        kl_warmup_steps=10,
+        progress=False,
+    )
     config = {"data": data.__dict__ | {"property_columns": []}}
     train_and_evaluate(data, model, train, out, JsonlLogger(out / "metrics.jsonl"), config)
     return out

@@ -44,12 +44,22 @@ def test_gru_matches_a_numpy_reference():
 
 def test_reverse_padded_keeps_padding_in_place():
     x = jnp.array([[1, 2, 3, 0], [4, 5, 0, 0]])
-    np.testing.assert_array_equal(reverse_padded(x, jnp.array([3, 2])), [[3, 2, 1, 0], [5, 4, 0, 0]])
+    np.testing.assert_array_equal(
+        reverse_padded(x, jnp.array([3, 2])), [[3, 2, 1, 0], [5, 4, 0, 0]]
+    )
 
 
 def _model(bidirectional=True, layers=1):
-    cfg = ModelConfig(vocab_size=12, embed_dim=8, enc_hidden=16, enc_layers=layers,
-                      bidirectional=bidirectional, latent_dim=4, dec_hidden=16, dec_layers=2)
+    cfg = ModelConfig(
+        vocab_size=12,
+        embed_dim=8,
+        enc_hidden=16,
+        enc_layers=layers,
+        bidirectional=bidirectional,
+        latent_dim=4,
+        dec_hidden=16,
+        dec_layers=2,
+    )
     return VAE(cfg, rngs=nnx.Rngs(0))
 
 
@@ -89,11 +99,14 @@ def test_kl_schedules():
     cyc = TrainConfig(steps=400, kl_schedule="cyclical", kl_cycles=4, kl_ratio=0.5, kl_max=1.0)
     got = [float(kl_weight(s, cyc)) for s in (0, 25, 50, 99, 100, 125)]
     assert got == pytest.approx([0, 0.5, 1, 1, 0, 0.5])
-    assert float(kl_weight(7, TrainConfig(kl_schedule="constant", kl_max=0.3))) == pytest.approx(0.3)
+    assert float(kl_weight(7, TrainConfig(kl_schedule="constant", kl_max=0.3))) == pytest.approx(
+        0.3
+    )
 
 
-@pytest.mark.parametrize("bad", [{"steps": 0}, {"batch_size": -1}, {"kl_schedule": "cosine"},
-                                 {"lr": 0.0}])
+@pytest.mark.parametrize(
+    "bad", [{"steps": 0}, {"batch_size": -1}, {"kl_schedule": "cosine"}, {"lr": 0.0}]
+)
 def test_train_config_rejects_impossible_values(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         TrainConfig(**bad)

@@ -13,8 +13,16 @@ from molvae.models.vae import ModelConfig
 from molvae.train import NonFiniteLossError, TrainConfig, train
 from molvae.vocab import Vocab
 
-SMILES = ["CCO", "c1ccccc1", "CC(=O)Oc1ccccc1C(=O)O", "CN1CCC[C@H]1c1cccnc1", "CCN(CC)CC",
-          "O=C(O)c1ccccc1", "CC(C)Cc1ccc(C(C)C(=O)O)cc1", "Cn1cnc2c1c(=O)n(C)c(=O)n2C"]
+SMILES = [
+    "CCO",
+    "c1ccccc1",
+    "CC(=O)Oc1ccccc1C(=O)O",
+    "CN1CCC[C@H]1c1cccnc1",
+    "CCN(CC)CC",
+    "O=C(O)c1ccccc1",
+    "CC(C)Cc1ccc(C(C)C(=O)O)cc1",
+    "Cn1cnc2c1c(=O)n(C)c(=O)n2C",
+]
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +33,17 @@ def arrays():
 
 
 MODEL = dict(embed_dim=8, enc_hidden=16, latent_dim=4, dec_hidden=16)
-TRAIN = dict(steps=24, batch_size=16, log_every=4, eval_every=12, ckpt_every=8, eval_size=16,
-             warmup_steps=2, kl_warmup_steps=8, progress=False)
+TRAIN = dict(
+    steps=24,
+    batch_size=16,
+    log_every=4,
+    eval_every=12,
+    ckpt_every=8,
+    eval_size=16,
+    warmup_steps=2,
+    kl_warmup_steps=8,
+    progress=False,
+)
 
 
 class Crash(RuntimeError):
@@ -52,8 +69,10 @@ def _params(model):
 
 def _records(path):
     drop = ("mol_per_s", "time")
-    return [{k: v for k, v in json.loads(line).items() if k not in drop}
-            for line in path.read_text().splitlines()]
+    return [
+        {k: v for k, v in json.loads(line).items() if k not in drop}
+        for line in path.read_text().splitlines()
+    ]
 
 
 def test_resume_after_kill_gives_identical_parameters_and_metrics(arrays, tmp_path):
@@ -76,8 +95,14 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(arrays, tmp_path):
     vocab, (tokens, lengths) = arrays
     mcfg = ModelConfig(vocab_size=len(vocab), **MODEL)
     val = (tokens[:16], lengths[:16])
-    train(mcfg, TrainConfig(**{**TRAIN, "steps": 8}), (tokens, lengths), val, tmp_path,
-          JsonlLogger(tmp_path / "metrics.jsonl"))
+    train(
+        mcfg,
+        TrainConfig(**{**TRAIN, "steps": 8}),
+        (tokens, lengths),
+        val,
+        tmp_path,
+        JsonlLogger(tmp_path / "metrics.jsonl"),
+    )
     # An infinite KL weight makes the loss inf from the first resumed step.
     bad = TrainConfig(**{**TRAIN, "steps": 16, "kl_schedule": "constant", "kl_max": float("inf")})
     with pytest.raises(NonFiniteLossError, match="non-finite loss at step 9"):
@@ -90,8 +115,14 @@ def test_training_reduces_the_loss_and_writes_metrics(arrays, tmp_path):
     vocab, (tokens, lengths) = arrays
     mcfg = ModelConfig(vocab_size=len(vocab), **MODEL)
     cfg = TrainConfig(**{**TRAIN, "steps": 60, "lr": 3e-3, "eval_every": 60, "ckpt_every": 60})
-    res = train(mcfg, cfg, (tokens, lengths), (tokens[:16], lengths[:16]), tmp_path,
-                JsonlLogger(tmp_path / "metrics.jsonl"))
+    res = train(
+        mcfg,
+        cfg,
+        (tokens, lengths),
+        (tokens[:16], lengths[:16]),
+        tmp_path,
+        JsonlLogger(tmp_path / "metrics.jsonl"),
+    )
     recs = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in recs] == list(range(4, 61, 4))
     assert recs[-1]["recon"] < 0.8 * recs[0]["recon"]

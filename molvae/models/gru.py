@@ -32,7 +32,10 @@ class GRU(nnx.Module):
         return _gru_step(xp, h, self.wh[...], self.bh[...])
 
     def __call__(
-        self, x: jax.Array, h0: jax.Array, mask: jax.Array | None = None,
+        self,
+        x: jax.Array,
+        h0: jax.Array,
+        mask: jax.Array | None = None,
         extra: jax.Array | None = None,
     ) -> tuple[jax.Array, jax.Array]:
         """Run over x (B, L, D) from h0 (B, H); returns outputs (B, L, H) and the final state.

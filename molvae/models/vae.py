@@ -27,8 +27,14 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype of the recurrent matmuls: float32 or bfloat16
 
     def __post_init__(self) -> None:
-        for name in ("embed_dim", "enc_hidden", "enc_layers", "latent_dim", "dec_hidden",
-                     "dec_layers"):
+        for name in (
+            "embed_dim",
+            "enc_hidden",
+            "enc_layers",
+            "latent_dim",
+            "dec_hidden",
+            "dec_layers",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"model.{name} must be positive, got {getattr(self, name)}")
         if self.dtype not in ("float32", "bfloat16"):
@@ -134,7 +140,11 @@ class VAE(nnx.Module):
         return self.decoder(z, tokens[:, :-1]), mu, logvar
 
     def generate(
-        self, z: jax.Array, key: jax.Array, max_len: int, temperature: float | jax.Array = 1.0,
+        self,
+        z: jax.Array,
+        key: jax.Array,
+        max_len: int,
+        temperature: float | jax.Array = 1.0,
         greedy: bool = False,
     ) -> jax.Array:
         """Decode z (B, Z) autoregressively to ids (B, max_len + 1); pad (0) after eos (2)."""

@@ -1,0 +1,66 @@
+"""Chemistry helpers against known values of named molecules."""
+
+import math
+
+import numpy as np
+import pytest
+
+from molvae import chem
+
+ASPIRIN, CAFFEINE = "CC(=O)Oc1ccccc1C(=O)O", "Cn1cnc2c1c(=O)n(C)c(=O)n2C"
+
+
+def test_canonical_and_validity():
+    assert chem.canonical("OCC") == chem.canonical("CCO") == "CCO"
+    assert chem.canonical("C1CC") is None and not chem.is_valid("C1CC")
+    assert not chem.is_valid("") and not chem.is_valid(None)
+    assert chem.canonical("c1ccccc1O") == "Oc1ccccc1"
+
+
+def test_known_property_values():
+    m = chem.mol_from_smiles(ASPIRIN)
+    assert chem.qed(m) == pytest.approx(0.5501, abs=1e-4)  # Bickerton et al. 2012: 0.55
+    assert chem.logp(m) == pytest.approx(1.3101, abs=1e-4)  # Wildman-Crippen
+    assert chem.sa(m) == pytest.approx(1.580, abs=1e-3)
+    assert chem.weight(m) == pytest.approx(180.159, abs=1e-3)
+    caffeine = chem.mol_from_smiles(CAFFEINE)
+    assert chem.logp(caffeine) == pytest.approx(-1.0293, abs=1e-4)
+    assert chem.sa(chem.mol_from_smiles("c1ccccc1")) == pytest.approx(1.0)
+
+
+def test_penalized_logp_definitions():
+    ring8 = chem.mol_from_smiles("C1CCCCCCC1")
+    assert chem.ring_penalty(ring8) == 2
+    assert chem.penalized_logp(ring8) == pytest.approx(3.1208 - 1.0 - 2)
+    # JT-VAE's ZINC250k-normalised form, term by term.
+    z = (
+        (3.1208 - 2.4570953396190123) / 1.434324401111988
+        + (-1.0 + 3.0525811293166134) / 0.8335207024513095
+        + (-2 + 0.0485696876403053) / 0.2860212110245455
+    )
+    assert chem.penalized_logp_zinc(ring8) == pytest.approx(z, abs=1e-4)
+
+
+def test_properties_table_marks_invalid_with_nan():
+    df = chem.properties(["CCO", "not a molecule", ASPIRIN], ("qed", "plogp"))
+    assert list(df.columns) == ["qed", "plogp"] and len(df) == 3
+    assert math.isnan(df.loc[1, "qed"]) and df.loc[2, "qed"] == pytest.approx(0.5501, abs=1e-4)
+    with pytest.raises(KeyError, match="unknown properties"):
+        chem.properties(["CCO"], ("nope",))
+
+
+def test_fingerprints_and_tanimoto():
+    fps = chem.fingerprints(["CCO", "CCO", "c1ccccc1", "xx"])
+    assert fps.shape == (4, 1024) and fps.dtype == np.uint8
+    sim = chem.tanimoto(fps, fps)
+    assert sim[0, 1] == 1.0 and 0 <= sim[0, 2] < 0.2 and fps[3].sum() == 0
+    s = chem.similarity(["CCO", "CCCO", "bad"], "CCO")
+    assert s[0] == 1.0 and 0 < s[1] < 1 and math.isnan(s[2])
+
+
+def test_selfies_round_trip_and_parallel_map_matches_serial():
+    smiles = [ASPIRIN, CAFFEINE, "C[C@H](N)C(=O)O", "[NH4+]"] * 1200  # over the parallel threshold
+    sf = chem.parallel_map(chem.smiles_to_selfies, smiles, n_jobs=2)
+    back = chem.parallel_map(chem.selfies_to_smiles, sf, n_jobs=2)
+    assert back == [chem.canonical(s) for s in smiles]
+    assert chem.selfies_to_smiles("") == ""
