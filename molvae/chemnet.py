@@ -155,7 +155,8 @@ def _progress(it, total: int, batch_size: int):
         return it
     from tqdm.auto import tqdm
 
-    return tqdm(it, desc="ChemNet", unit="batch", total=-(-total // batch_size), leave=False)
+    n = -(-total // batch_size)
+    return tqdm(it, desc="ChemNet", unit="batch", total=n, leave=False, mininterval=5)
 
 
 def fcd_stats(

@@ -62,8 +62,8 @@ def passes_filters(mol: Chem.Mol) -> bool:
 
 
 class _Row(NamedTuple):
-    """What the metrics need of one molecule; fields after `canonical` are None if RDKit cannot
-    re-read the canonical SMILES (MOSES would crash there; molvae counts and skips it)."""
+    """What the metrics need of one molecule; fields after `canonical` are None if it cannot be
+    scored: RDKit cannot re-read its canonical SMILES or fails on it (MOSES would crash there)."""
 
     canonical: str
     fp: bytes | None = None  # packed Morgan bits
@@ -84,18 +84,21 @@ def _describe(args: tuple[str, str]) -> _Row | None:
     mol = chem.mol_from_smiles(canonical)  # MOSES scores the molecule read from the canonical form
     if mol is None:
         return _Row(canonical)
-    fp = np.packbits(chem.morgan_bits(mol)).tobytes()
-    if mode == "basic":
-        return _Row(canonical, fp)
-    return _Row(
-        canonical,
-        fp,
-        chem.brics_fragments(mol),
-        chem.murcko_scaffold(mol),
-        tuple(f(mol) for f in PROPERTIES.values()),
-        passes_filters(mol) if mode == "sample" else None,
-        Chem.MolToSmiles(mol),  # fcd_torch canonicalizes its input once more
-    )
+    try:
+        fp = np.packbits(chem.morgan_bits(mol)).tobytes()
+        if mode == "basic":
+            return _Row(canonical, fp)
+        return _Row(
+            canonical,
+            fp,
+            chem.brics_fragments(mol),
+            chem.murcko_scaffold(mol),
+            tuple(f(mol) for f in PROPERTIES.values()),
+            passes_filters(mol) if mode == "sample" else None,
+            Chem.MolToSmiles(mol),  # fcd_torch canonicalizes its input once more
+        )
+    except Exception:  # one odd molecule must not end a long evaluation: counted by the caller
+        return _Row(canonical)
 
 
 @dataclass
@@ -103,10 +106,10 @@ class _Set:
     """Unique valid molecules of a sample with their multiplicities (metrics weight by them)."""
 
     canonical: list[str | None]  # per input SMILES, None if invalid
-    smiles: list[str]  # unique canonical SMILES that RDKit re-reads
+    smiles: list[str]  # unique canonical SMILES of the scored molecules
     counts: np.ndarray  # (u,) int
     rows: list[_Row]
-    n_unreadable: int  # valid SMILES whose canonical form RDKit cannot read back
+    n_unscored: int  # valid SMILES that could not be scored (see _Row)
 
     @property
     def fps(self) -> np.ndarray:  # (u, 128) packed bits
@@ -129,15 +132,16 @@ def _describe_all(smiles: Sequence[str], mode: str, n_jobs: int | None) -> _Set:
         if row is not None:
             counts[row.canonical] += 1
             first.setdefault(row.canonical, row)
-    readable = [c for c in counts if first[c].fp is not None]
-    n_unreadable = sum(counts[c] for c in counts if first[c].fp is None)
-    if n_unreadable:
-        log.warning("%d valid molecules have a canonical SMILES RDKit cannot re-read; they are "
-                    "left out of all metrics but valid and unique@k", n_unreadable)  # fmt: skip
-    return _Set(
-        canonical, readable, np.array([counts[c] for c in readable], np.int64),
-        [first[c] for c in readable], n_unreadable,
-    )  # fmt: skip
+    scored = [c for c in counts if first[c].fp is not None]
+    n_unscored = sum(counts[c] for c in counts if first[c].fp is None)
+    if n_unscored:
+        log.warning(
+            "%d valid molecules could not be scored (RDKit cannot re-read their canonical SMILES "
+            "or fails on them); they count in valid and unique@k only",
+            n_unscored,
+        )
+    weights = np.array([counts[c] for c in scored], np.int64)
+    return _Set(canonical, scored, weights, [first[c] for c in scored], n_unscored)
 
 
 def _counter(s: _Set, field: str) -> Counter:
@@ -309,15 +313,18 @@ def _split_stats(smiles: list[str], n_jobs: int | None) -> SplitStats:
     s = _describe_all(smiles, "reference", n_jobs)
     n_invalid = sum(c is None for c in s.canonical)
     if n_invalid:
-        log.warning("%d of %d reference molecules are invalid; they are left out", n_invalid,
-                    len(smiles))  # fmt: skip
+        log.warning("%d of %d reference molecules are invalid: left out", n_invalid, len(smiles))
     acts = chemnet.chemnet_activations([r.fcd_smiles for r in s.rows], canonize=False)
     mu, sigma = chemnet.fcd_stats(acts, s.counts)
     return SplitStats(
-        fps=s.fps, frag=dict(_counter(s, "frags")), scaf=dict(_counter(s, "scaffold")),
+        fps=s.fps,
+        frag=dict(_counter(s, "frags")),
+        scaf=dict(_counter(s, "scaffold")),
         props={k: np.repeat(v, s.counts) for k, v in _props(s).items()},
-        mu=mu, sigma=sigma, n=int(s.counts.sum()),
-    )  # fmt: skip
+        mu=mu,
+        sigma=sigma,
+        n=int(s.counts.sum()),
+    )
 
 
 def canonical_set(smiles: Sequence[str], n_jobs: int | None = None) -> frozenset[str]:
@@ -354,8 +361,8 @@ def _load(folder: Path) -> ReferenceStats:
             props = {k: z[f"prop_{k}"] for k in PROPERTIES}
             fps, mu, sigma = z["fps"], z["mu"], z["sigma"]
         counts = json.loads((folder / f"{name}.json").read_text())
-        splits[name] = SplitStats(fps, counts["frag"], counts["scaf"], props, mu, sigma,
-                                  counts["n"])  # fmt: skip
+        n = counts["n"]
+        splits[name] = SplitStats(fps, counts["frag"], counts["scaf"], props, mu, sigma, n)
     train = None
     if (folder / "train.npz").exists():
         with np.load(folder / "train.npz", allow_pickle=False) as z:
@@ -399,8 +406,11 @@ def reference_stats(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         _save(stats, tmp)
-        meta = {"reference": str(reference), "files": {k: str(v) for k, v in files.items()},
-                "seconds": round(time.time() - t0, 1)}  # fmt: skip
+        meta = {
+            "reference": str(reference),
+            "files": {k: str(v) for k, v in files.items()},
+            "seconds": round(time.time() - t0, 1),
+        }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))  # written last: marks complete
         shutil.rmtree(folder, ignore_errors=True)
         tmp.rename(folder)
@@ -414,8 +424,8 @@ def reference_stats(
 
 def _unique_at(valid: list[str], k: int) -> float:
     if len(valid) < k:  # MOSES warns and uses what there is
-        warnings.warn(f"Can't compute unique@{k}: the sample has only {len(valid)} valid "
-                      "molecules; using them all", stacklevel=3)  # fmt: skip
+        msg = f"Can't compute unique@{k}: only {len(valid)} valid molecules; using them all"
+        warnings.warn(msg, stacklevel=3)
     first = valid[:k]
     return len(set(first)) / len(first) if first else math.nan
 
@@ -456,8 +466,9 @@ def _chemnet_stats(s: _Set) -> tuple[np.ndarray, np.ndarray] | None:
     from molvae import chemnet
 
     if s.counts.sum() < 2:
-        warnings.warn(f"Can't compute FCD for fewer than 2 molecules ({s.counts.sum()})",
-                      stacklevel=3)  # fmt: skip
+        warnings.warn(
+            f"Can't compute FCD for fewer than 2 molecules ({s.counts.sum()})", stacklevel=3
+        )
         return None
     acts = chemnet.chemnet_activations([r.fcd_smiles for r in s.rows], canonize=False)
     return chemnet.fcd_stats(acts, s.counts)
