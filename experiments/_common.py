@@ -16,6 +16,12 @@ os.environ.setdefault("WANDB_MODE", "offline")  # no network unless logger.mode=
 log = logging.getLogger("molvae")
 
 
+def quiet_libraries() -> None:
+    """Keep the run log about the run: orbax/absl and JAX's backend probing speak at INFO."""
+    for name in ("absl", "jax._src.xla_bridge", "orbax"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def as_dataclass(cls: type, node: DictConfig | dict, section: str) -> Any:
     """Build a frozen config dataclass from a config node; unknown keys are an error naming them."""
     values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node

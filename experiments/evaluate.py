@@ -3,12 +3,13 @@
 from pathlib import Path
 
 import hydra
-from _common import log
+from _common import log, quiet_libraries
 from omegaconf import DictConfig
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
+    quiet_libraries()
     from molvae import runs
 
     scores = runs.evaluate_run(Path(cfg.run_dir), cfg.reference, cfg.metrics, cfg.n_jobs)

@@ -3,12 +3,13 @@
 from pathlib import Path
 
 import hydra
-from _common import log
+from _common import log, quiet_libraries
 from omegaconf import DictConfig
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="sample")
 def main(cfg: DictConfig) -> None:
+    quiet_libraries()
     import molvae
     from molvae import runs
 

@@ -6,12 +6,13 @@ validation ELBO (nats) so sweepers can minimise it.
 """
 
 import hydra
-from _common import configs, log, make_logger, run_dir
+from _common import configs, log, make_logger, quiet_libraries, run_dir
 from omegaconf import DictConfig, OmegaConf
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
+    quiet_libraries()
     data_cfg, model_cfg, train_cfg = configs(cfg)
     from molvae.train import train_and_evaluate
 

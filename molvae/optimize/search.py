@@ -1,0 +1,126 @@
+"""What every latent optimizer shares: decode-and-score, the record of scored latents, stopping."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from molvae.optimize.oracle import Oracle
+from molvae.optimize.predictor import encode_valid
+
+if TYPE_CHECKING:
+    from molvae.api import MolVAE
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Evaluations:
+    """Every latent decoded so far with its molecule and score (nan: invalid or unscored)."""
+
+    z: list[np.ndarray] = field(default_factory=list)
+    smiles: list[str] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+
+    def add(self, z: np.ndarray, smiles: Sequence[str], scores: np.ndarray) -> None:
+        self.z.extend(np.asarray(z, np.float32))
+        self.smiles.extend(smiles)
+        self.scores.extend(np.asarray(scores, float))
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(n, Z) latents and (n,) scores of the finitely scored points."""
+        y = np.asarray(self.scores, float)
+        ok = np.isfinite(y)
+        z = np.stack(self.z)[ok] if self.z else np.zeros((0, 0), np.float32)
+        return z, y[ok]
+
+    def top_latents(self, k: int) -> np.ndarray:
+        """Latents of the k best distinct molecules, (<=k, Z)."""
+        z, y = np.stack(self.z), np.asarray(self.scores, float)
+        seen, out = set(), []
+        for i in np.argsort(np.where(np.isfinite(y), -y, np.inf), kind="stable"):
+            if not np.isfinite(y[i]) or len(out) == k:
+                break
+            if self.smiles[i] not in seen:
+                seen.add(self.smiles[i])
+                out.append(z[i])
+        return np.stack(out) if out else np.zeros((0, z.shape[1]), np.float32)
+
+    @property
+    def best(self) -> float:
+        y = np.asarray(self.scores, float)
+        return float(np.nanmax(y)) if np.isfinite(y).any() else -np.inf
+
+
+class Loop:
+    """Runs decode -> oracle rounds, with a progress bar over the budget and a stall stop."""
+
+    def __init__(self, model: MolVAE, oracle: Oracle, patience: int, progress: bool, desc: str):
+        self.model, self.oracle, self.patience = model, oracle, patience
+        self.evals = Evaluations()
+        self.round, self.stalled = 0, 0
+        self.bar = tqdm(
+            total=oracle.budget,
+            initial=oracle.n_calls,
+            desc=desc,
+            disable=not progress,
+            dynamic_ncols=True,
+            mininterval=1.0,
+        )
+
+    def evaluate(self, z: np.ndarray, source: str, smiles: list[str] | None = None) -> np.ndarray:
+        """Decode z (unless smiles are given), score through the oracle, record; scores (n,)."""
+        before = self.oracle.n_calls
+        smiles = self.model.decode(z) if smiles is None else smiles
+        scores = self.oracle(smiles, round=self.round, source=source)
+        self.evals.add(z, smiles, scores)
+        new = self.oracle.n_calls - before
+        self.bar.update(new)
+        self.bar.set_postfix(best=f"{self.evals.best:.4g}")
+        self.stalled = 0 if new else self.stalled + 1
+        return scores
+
+    def evaluate_smiles(self, smiles: Sequence[str], source: str = "init") -> None:
+        """Encode user molecules and score them (charged like any other molecule)."""
+        mu, _, keep = encode_valid(self.model, smiles)
+        self.evaluate(mu, source, [smiles[i] for i in keep])
+
+    @property
+    def done(self) -> bool:
+        if self.oracle.exhausted:
+            return True
+        if self.stalled >= self.patience:
+            log.warning(
+                "stopping after %d rounds without a new molecule (%d of %d calls used)",
+                self.stalled,
+                self.oracle.n_calls,
+                self.oracle.budget,
+            )
+            return True
+        return False
+
+    def next_round(self) -> None:
+        self.round += 1
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def initial_design(loop: Loop, n: int, seed: int, init_smiles: Sequence[str] | None) -> None:
+    """Score the user's starting molecules, then prior samples until n calls are used."""
+    if init_smiles:
+        loop.evaluate_smiles(list(init_smiles))
+    rng = np.random.default_rng([seed, 17])
+    tries = 0
+    while loop.oracle.n_calls < min(n, loop.oracle.budget) and tries < 20:
+        want = min(n, loop.oracle.budget) - loop.oracle.n_calls
+        z = rng.standard_normal((max(2 * want, 8), loop.model.latent_dim)).astype(np.float32)
+        loop.evaluate(z, "prior")
+        tries += 1
+    if not np.isfinite(loop.evals.scores).any():
+        log.warning("no finite score among %d initial molecules", len(loop.evals.scores))

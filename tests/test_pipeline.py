@@ -1,0 +1,71 @@
+"""The Hydra entry points end to end on the smoke config (real subprocesses, real run folders)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+import molvae
+
+
+def run(root, script, *overrides, check=True):
+    env = {**os.environ, "HYDRA_FULL_ERROR": "1"}
+    proc = subprocess.run([sys.executable, str(root / "experiments" / script), *overrides],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def smoke_run(root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke") / "run"
+    run(root, "pipeline.py", "experiment=smoke", f"hydra.run.dir={out}", "train.progress=false")
+    return out
+
+
+def test_pipeline_writes_the_run_folder(smoke_run):
+    for name in ("run.json", "vocab.json", "metrics.jsonl", "samples.csv", "metrics.json",
+                 "data_report.csv", "data_stats.json", ".hydra/config.yaml", "checkpoints"):
+        assert (smoke_run / name).exists(), name
+    scores = json.loads((smoke_run / "metrics.json").read_text())
+    for key in ("valid", "unique@1000", "Novelty", "IntDiv"):
+        assert 0.0 <= scores[key] <= 1.0, key
+    samples = pd.read_csv(smoke_run / "samples.csv", keep_default_na=False)
+    assert len(samples) == 64 and list(samples.columns[:2]) == ["smiles", "valid"]
+    assert scores["valid"] == pytest.approx(samples["valid"].mean())
+
+
+def test_sample_and_evaluate_scripts_reuse_the_run(root, smoke_run):
+    run(root, "sample.py", f"run_dir={smoke_run}", "n=100", "seed=4")
+    samples = pd.read_csv(smoke_run / "samples.csv", keep_default_na=False)
+    assert len(samples) == 100
+    assert list(samples["smiles"]) == molvae.load(smoke_run).sample(100, seed=4)
+    run(root, "evaluate.py", f"run_dir={smoke_run}")
+    assert json.loads((smoke_run / "metrics.json").read_text())["n_samples"] == 100
+
+
+def test_training_on_a_users_csv(root, tmp_path):
+    src = tmp_path / "mine.csv"
+    smiles = pd.read_csv(root / "molvae/assets/moses_sample/test.csv.gz")["SMILES"][:200]
+    pd.DataFrame({"id": range(200), "smi": smiles}).to_csv(src, index=False)
+    out = tmp_path / "run"
+    run(root, "train.py", "experiment=smoke", "data=csv", f"data.path={src}",
+        "data.smiles_column=smi", "data.limit=null", f"hydra.run.dir={out}",
+        "train.progress=false")
+    stats = json.loads((out / "data_stats.json").read_text())
+    assert stats["train"]["read"] + stats["test"]["read"] == 200
+    assert molvae.load(out).sample(4, seed=0)
+
+
+@pytest.mark.parametrize("override,key", [("model.latent_dim=-3", "latent_dim"),
+                                          ("train.steps=0", "train.steps"),
+                                          ("+train.nonsense=1", "nonsense")])
+def test_impossible_config_fails_before_work_naming_the_key(root, tmp_path, override, key):
+    proc = run(root, "train.py", "experiment=smoke", override, f"hydra.run.dir={tmp_path}",
+               check=False)
+    assert proc.returncode != 0 and key in proc.stderr + proc.stdout
+    assert not (tmp_path / "checkpoints").exists()
