@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.molvae-installed
 
-.PHONY: demo test test-slow test-all lint format benchmark clean
+.PHONY: demo test test-slow test-all lint format benchmark peer clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "molvae needs Python >= 3.11"'
@@ -36,3 +36,12 @@ benchmark: $(STAMP)
 
 clean:
 	rm -rf outputs multirun .pytest_cache .ruff_cache
+
+# The PyTorch MOSES VAE, for the speed comparison in experiments/benchmark.py (never in .venv).
+.venv-peer/.installed:
+	$(PYTHON) -m venv .venv-peer
+	.venv-peer/bin/pip install --disable-pip-version-check -q torch==2.13.0 rdkit numpy pandas scipy six tqdm
+	.venv-peer/bin/pip install --disable-pip-version-check -q --no-deps molsets==0.3.1 fcd-torch==1.0.7
+	@touch $@
+
+peer: .venv-peer/.installed

@@ -73,10 +73,22 @@ class Loop:
             mininterval=1.0,
         )
 
-    def evaluate(self, z: np.ndarray, source: str, smiles: list[str] | None = None) -> np.ndarray:
-        """Decode z (unless smiles are given), score through the oracle, record; scores (n,)."""
+    def evaluate(
+        self,
+        z: np.ndarray,
+        source: str,
+        smiles: list[str] | None = None,
+        limit: int | None = None,
+    ) -> np.ndarray:
+        """Decode z (unless smiles are given), score through the oracle, record; scores (n,).
+
+        With `limit`, only the leading points that bring at most `limit` new molecules are
+        kept (the rest are dropped unscored)."""
         before = self.oracle.n_calls
         smiles = self.model.decode(z) if smiles is None else smiles
+        if limit is not None:
+            keep = _first_new(smiles, self.oracle, limit)
+            z, smiles = np.asarray(z)[:keep], smiles[:keep]
         scores = self.oracle(smiles, round=self.round, source=source)
         self.evals.add(z, smiles, scores)
         new = self.oracle.n_calls - before
@@ -111,6 +123,17 @@ class Loop:
         self.bar.close()
 
 
+def _first_new(smiles: Sequence[str], oracle: Oracle, limit: int) -> int:
+    """Length of the longest prefix of `smiles` with at most `limit` unscored molecules."""
+    new: set[str] = set()
+    for i, s in enumerate(smiles):
+        if s and oracle.known(s) is None and s not in new:
+            if len(new) == limit:
+                return i
+            new.add(s)
+    return len(smiles)
+
+
 def initial_design(loop: Loop, n: int, seed: int, init_smiles: Sequence[str] | None) -> None:
     """Score the user's starting molecules, then prior samples until n calls are used."""
     if init_smiles:
@@ -120,7 +143,7 @@ def initial_design(loop: Loop, n: int, seed: int, init_smiles: Sequence[str] | N
     while loop.oracle.n_calls < min(n, loop.oracle.budget) and tries < 20:
         want = min(n, loop.oracle.budget) - loop.oracle.n_calls
         z = rng.standard_normal((max(2 * want, 8), loop.model.latent_dim)).astype(np.float32)
-        loop.evaluate(z, "prior")
+        loop.evaluate(z, "prior", limit=want)
         tries += 1
     if not np.isfinite(loop.evals.scores).any():
         log.warning("no finite score among %d initial molecules", len(loop.evals.scores))

@@ -1,0 +1,193 @@
+"""One benchmark stage per process (clean peak memory, cold caches): `python bench_stages.py STAGE
+'{json args}'` prints one JSON line. experiments/benchmark.py runs every stage and the table."""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+
+import numpy as np
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+# ----------------------------------------------------------------------------- machine peak
+
+
+def matmul(n: int = 2048, reps: int = 20) -> dict:
+    """float32 matmul GFLOP/s of this machine: the ceiling for model FLOPs utilization."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            out = f(a)
+        out.block_until_ready()
+        best = min(best, (time.perf_counter() - t0) / reps)
+    return {"matmul_gflops": 2 * n**3 / best / 1e9}
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def train_flops_per_token(cfg) -> float:
+    """Matmul FLOPs of one training token (forward + backward = 3x forward)."""
+    dirs = 2 if cfg.bidirectional else 1
+    enc_in = [cfg.embed_dim] + [cfg.enc_hidden * dirs] * (cfg.enc_layers - 1)
+    enc = sum(dirs * 2 * 3 * cfg.enc_hidden * (d + cfg.enc_hidden) for d in enc_in)
+    dec_in = [cfg.embed_dim] + [cfg.dec_hidden] * (cfg.dec_layers - 1)
+    dec = sum(2 * 3 * cfg.dec_hidden * (d + cfg.dec_hidden) for d in dec_in)
+    out = 2 * cfg.dec_hidden * cfg.vocab_size
+    return 3.0 * (enc + dec + out)
+
+
+def train(
+    preset: str, batch_size: int, warmup: int = 12, steps: int = 24, n_molecules: int = 20000
+) -> dict:
+    """Steady-state training molecules/s on bundled MOSES molecules, after compiling every
+    bucket width once; counts compilations during the measured steps (should be 0)."""
+    import dataclasses
+
+    import jax
+    from flax import nnx
+    from omegaconf import OmegaConf
+
+    from molvae.data import DataConfig, load_dataset
+    from molvae.models.vae import VAE, ModelConfig
+    from molvae.train import Batches, TrainConfig, make_train_step, make_tx
+    from molvae.vocab import Vocab
+
+    ds = load_dataset(DataConfig())
+    vocab = Vocab.fit(ds.train.selfies)
+    tokens, lengths = vocab.encode_batch(ds.train.selfies[:n_molecules], 72)
+    conf = OmegaConf.load(f"conf/model/{preset}.yaml")
+    cfg = dataclasses.replace(ModelConfig(**conf), vocab_size=len(vocab))
+    tcfg = TrainConfig(batch_size=batch_size, steps=10**6)
+    model = VAE(cfg, rngs=nnx.Rngs(0))
+    opt = nnx.Optimizer(model, make_tx(tcfg), wrt=nnx.Param)
+    graphdef, state = nnx.split((model, opt))
+    step_fn = make_train_step(graphdef, tcfg)
+    batches, key = Batches(tokens, lengths, batch_size, seed=0), jax.random.key(0)
+    w = np.ones(batch_size, np.float32)
+    widths = sorted({batches(i)[0].shape[1] for i in range(batches.per_epoch)})
+    seen: set[int] = set()
+    i = 0
+    while len(seen) < len(widths) or i < warmup:  # compile every width before timing
+        t, l_ = batches(i)
+        state, aux = step_fn(state, t, l_, w, key)
+        seen.add(t.shape[1])
+        i += 1
+    jax.block_until_ready(aux)
+    compiled = step_fn._cache_size()
+    n_tok = n_mol = 0
+    t0 = time.perf_counter()
+    for j in range(i, i + steps):
+        t, l_ = batches(j)
+        state, aux = step_fn(state, t, l_, w, key)
+        n_mol += len(t)
+        n_tok += int(t.shape[0] * (t.shape[1] - 1))  # padded tokens are computed too
+    jax.block_until_ready(aux)
+    dt = time.perf_counter() - t0
+    flops = train_flops_per_token(cfg) * n_tok / dt
+    n_params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    return {
+        "train_mol_per_s": n_mol / dt,
+        "train_gflops": flops / 1e9,
+        "params": n_params,
+        "batch": batch_size,
+        "compiled_shapes": compiled,
+        "recompiles_after_warmup": step_fn._cache_size() - compiled,
+        "padding_fraction": 1 - float(np.mean(lengths)) / (n_tok / n_mol),
+    }
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def sample(run_dir: str, n: int = 4096) -> dict:
+    """Decoder-only molecules/s, end-to-end valid SMILES/s, and the RDKit+SELFIES floor alone."""
+    import molvae
+    from molvae import chem
+
+    model = molvae.load(run_dir)
+    dec = model._dec
+    z = np.random.default_rng(0).normal(size=(n, model.latent_dim)).astype(np.float32)
+    dec.decode_ids(z[:512], greedy=False)  # compile
+    t0 = time.perf_counter()
+    ids = dec.decode_ids(z, seed=1, greedy=False)
+    t_decode = time.perf_counter() - t0
+    selfies = [dec.vocab.decode_selfies(r) for r in ids]
+    t0 = time.perf_counter()
+    smiles = chem.parallel_map(chem.selfies_to_smiles, selfies)
+    t_floor = time.perf_counter() - t0
+    model.sample(512, seed=0)  # warm the process pool path too
+    t0 = time.perf_counter()
+    out = model.sample(n, seed=2)
+    t_e2e = time.perf_counter() - t0
+    valid = sum(bool(s) for s in out)
+    return {
+        "sample_decode_mol_per_s": n / t_decode,
+        "sample_end_to_end_mol_per_s": valid / t_e2e,
+        "rdkit_selfies_floor_mol_per_s": sum(bool(s) for s in smiles) / t_floor,
+        "sample_valid_fraction": valid / n,
+    }
+
+
+# ----------------------------------------------------------------------------- data, metrics
+
+
+def preprocess(n: int = 100_000) -> dict:
+    """Canonicalize + SELFIES-encode + filter rate on the first n MOSES training molecules."""
+    import pandas as pd
+
+    from molvae import data
+
+    path = data.moses_files()["train"]
+    smiles = pd.read_csv(path, nrows=n)["SMILES"].tolist()
+    from molvae import chem
+
+    t0 = time.perf_counter()
+    chem.parallel_map(data._preprocess_one, [(s, 72) for s in smiles])  # load_dataset's worker
+    dt = time.perf_counter() - t0
+    return {"preprocess_mol_per_s": n / dt, "preprocess_n": n}
+
+
+def evaluate(run_dir: str, n: int = 30_000, reference: str = "moses") -> dict:
+    """Wall time of the full MOSES metric suite on n samples (reference statistics cached)."""
+    import molvae
+    from molvae import metrics
+
+    smiles = molvae.load(run_dir).sample(n, seed=0)
+    metrics.reference_stats(reference)  # build or load the cache outside the timing
+    t0 = time.perf_counter()
+    scores = metrics.evaluate(smiles, reference=reference)
+    return {
+        "evaluate_30k_seconds": time.perf_counter() - t0,
+        "evaluate_n": n,
+        "evaluate_reference": reference,
+        "evaluate_valid": scores["valid"],
+    }
+
+
+STAGES = {
+    "matmul": matmul,
+    "train": train,
+    "sample": sample,
+    "preprocess": preprocess,
+    "evaluate": evaluate,
+}
+
+if __name__ == "__main__":
+    stage, args = sys.argv[1], json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
+    result = STAGES[stage](**args)
+    result["peak_rss_mb"] = peak_rss_mb()
+    print(json.dumps(result))

@@ -1,0 +1,162 @@
+"""Performance table: python experiments/benchmark.py [stages=[...]] [run_dir=DIR].
+
+Every stage runs in a fresh process (experiments/bench_stages.py) so figures are steady-state
+and peak memory is per stage. The PyTorch MOSES VAE (the reference) runs in the same session
+from .venv-peer when present. Writes benchmark.json and benchmark.md in the run folder.
+"""
+
+import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import hydra
+from _common import log, quiet_libraries, run_dir
+from omegaconf import DictConfig
+
+HERE = Path(__file__).parent
+PEER = HERE.parent / "scripts" / "peers" / "moses_vae_speed.py"
+
+
+def stage(name: str, **args) -> dict:
+    cmd = [sys.executable, str(HERE / "bench_stages.py"), name, json.dumps(args)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE.parent)
+    if proc.returncode != 0:
+        log.error("stage %s failed:\n%s", name, proc.stderr[-2000:])
+        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def peer(cfg: DictConfig) -> dict:
+    py = Path(cfg.peer_python)
+    if not py.exists():
+        return {"error": f"{py} missing: run `make peer` to measure the PyTorch reference"}
+    from molvae.data import bundled_files
+
+    cmd = [
+        str(py),
+        str(PEER),
+        str(bundled_files()["train"]),
+        str(cfg.peer_molecules),
+        str(cfg.peer_batches),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=PEER.parent)
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip().splitlines()[-1]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def collect(cfg: DictConfig) -> dict:
+    out: dict = {
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "cpus": len(__import__("os").sched_getaffinity(0)),
+        }
+    }
+    results: dict = {}
+    for name in cfg.stages:
+        log.info("stage %s ...", name)
+        if name == "matmul":
+            r = stage("matmul")
+        elif name.startswith("train_"):
+            preset = name.removeprefix("train_")
+            r = stage(
+                "train",
+                preset=preset,
+                batch_size=cfg[f"train_batch_{preset}"],
+                steps=cfg.train_steps,
+            )
+        elif name == "sample":
+            r = stage("sample", run_dir=cfg.run_dir, n=cfg.sample_n)
+        elif name == "preprocess":
+            r = stage("preprocess", n=cfg.preprocess_n)
+        elif name == "evaluate":
+            r = stage(
+                "evaluate", run_dir=cfg.run_dir, n=cfg.evaluate_n, reference=cfg.evaluate_reference
+            )
+        elif name == "optimize":
+            r = stage("optimize", run_dir=cfg.run_dir, budget=cfg.optimize_budget)
+        elif name == "peer":
+            r = peer(cfg)
+        else:
+            raise ValueError(f"unknown stage {name!r}")
+        log.info("stage %s: %s", name, r)
+        results[name] = r
+    out["stages"] = results
+    out.update(summary(results))
+    return out
+
+
+def summary(r: dict) -> dict:
+    """The flat keys of the benchmark contract, plus ratios against the reference."""
+    s: dict = {}
+    get = lambda st, k: r.get(st, {}).get(k)  # noqa: E731
+    s["matmul_gflops"] = get("matmul", "matmul_gflops")
+    for preset in ("default", "moses_gru"):
+        st = f"train_{preset}"
+        s[f"train_mol_per_s_{preset}"] = get(st, "train_mol_per_s")
+        if get(st, "train_gflops") and s["matmul_gflops"]:
+            s[f"mfu_{preset}"] = get(st, "train_gflops") / s["matmul_gflops"]
+        s[f"recompiles_after_warmup_{preset}"] = get(st, "recompiles_after_warmup")
+    for k in (
+        "sample_decode_mol_per_s",
+        "sample_end_to_end_mol_per_s",
+        "rdkit_selfies_floor_mol_per_s",
+    ):
+        s[k] = get("sample", k)
+    if s["sample_end_to_end_mol_per_s"] and s["rdkit_selfies_floor_mol_per_s"]:
+        s["sample_floor_ratio"] = (
+            s["rdkit_selfies_floor_mol_per_s"] / s["sample_end_to_end_mol_per_s"]
+        )
+    s["preprocess_mol_per_s"] = get("preprocess", "preprocess_mol_per_s")
+    s["evaluate_30k_seconds"] = get("evaluate", "evaluate_30k_seconds")
+    for k in ("optimize_gradient_calls_per_s", "optimize_bo_calls_per_s"):
+        s[k] = get("optimize", k)
+    s["peak_rss_mb"] = max((v.get("peak_rss_mb", 0) for v in r.values()), default=None)
+    s["peer_train_mol_per_s"] = get("peer", "train_mol_per_s")
+    if s["peer_train_mol_per_s"] and s["train_mol_per_s_moses_gru"]:
+        s["moses_gru_vs_peer"] = s["train_mol_per_s_moses_gru"] / s["peer_train_mol_per_s"]
+    return {k: v for k, v in s.items() if v is not None}
+
+
+def markdown(res: dict) -> str:
+    rows = [("stage", "figure", "value", "peak RSS (MB)")]
+    for name, r in res["stages"].items():
+        for k, v in r.items():
+            if k in ("peak_rss_mb",):
+                continue
+            val = f"{v:,.2f}" if isinstance(v, float) else str(v)
+            rows.append((name, k, val, f"{r.get('peak_rss_mb', float('nan')):,.0f}"))
+    lines = ["| " + " | ".join(r) + " |" for r in rows]
+    lines.insert(1, "|---|---|---|---|")
+    ratios = [
+        f"- {k}: {res[k]:.3f}"
+        for k in ("mfu_default", "mfu_moses_gru", "moses_gru_vs_peer", "sample_floor_ratio")
+        if k in res
+    ]
+    m = res["machine"]
+    return (
+        f"# molvae benchmark\n\n{m['platform']}, Python {m['python']}, {m['cpus']} CPUs\n\n"
+        + "\n".join(lines)
+        + "\n\n"
+        + "\n".join(ratios)
+        + "\n"
+    )
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="benchmark")
+def main(cfg: DictConfig) -> None:
+    quiet_libraries()
+    out = run_dir()
+    res = collect(cfg)
+    (out / "benchmark.json").write_text(json.dumps(res, indent=1))
+    md = markdown(res)
+    (out / "benchmark.md").write_text(md)
+    print(md)  # the table is this script's output
+    log.info("wrote %s", out / "benchmark.json")
+
+
+if __name__ == "__main__":
+    main()

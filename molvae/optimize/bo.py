@@ -1,0 +1,193 @@
+"""Bayesian optimization in the latent space: GP surrogate, batch TS or EI, TuRBO trust region.
+
+Each round fits an ARD Matérn-5/2 GP (molvae.optimize.gp) on the scored latents (the best and
+the most recent `max_points`), draws candidates - inside a trust region around the best latent
+(TuRBO, Eriksson et al. 2019; as LOL-BO, Maus et al. 2022, uses it on VAE latents) or from the
+prior - and picks a batch by Thompson sampling (one joint posterior draw per batch slot) or by
+expected improvement refined with gradient steps. The region grows after `succ_tol`
+improving batches in a row, shrinks after `fail_tol` failures, and restarts when too small.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from molvae.optimize.gp import GP
+from molvae.optimize.search import Loop, initial_design
+
+if TYPE_CHECKING:
+    from molvae.api import MolVAE
+    from molvae.optimize.oracle import Oracle
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BOConfig:
+    """BO settings (`molvae.optimize(..., method="bo", **these)`)."""
+
+    n_init: int = 0  # prior molecules scored first; 0 = budget // 10, at least 16
+    batch_size: int = 20  # latents proposed per round
+    acquisition: str = "ts"  # ts (Thompson sampling) | ei (expected improvement)
+    trust_region: bool = True  # TuRBO-style local search; False samples candidates globally
+    n_candidates: int = 1024
+    max_points: int = 512  # GP training set: the best half and the most recent half
+    gp_steps: int = 200  # Adam steps on the marginal likelihood (warm-started each round)
+    length_init: float = 0.8  # trust-region side length, latent units (TuRBO's defaults)
+    length_min: float = 0.5**7
+    length_max: float = 1.6
+    succ_tol: int = 3
+    fail_tol: int = 0  # 0 = ceil(max(4, latent_dim) / batch_size), as TuRBO
+    bound: float = 5.0  # latents stay in [-bound, bound]^Z
+    patience: int = 20
+
+    def __post_init__(self) -> None:
+        if self.acquisition not in ("ts", "ei"):
+            raise ValueError(f"optimize.acquisition must be ts or ei, got {self.acquisition!r}")
+        for name in ("batch_size", "n_candidates", "max_points", "gp_steps", "succ_tol"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"optimize.{name} must be >= 1, got {getattr(self, name)}")
+        if self.n_init < 0 or self.fail_tol < 0 or self.patience < 1:
+            raise ValueError("optimize: need n_init >= 0, fail_tol >= 0, patience >= 1")
+        if not 0 < self.length_min <= self.length_init <= self.length_max:
+            raise ValueError("optimize: need 0 < length_min <= length_init <= length_max")
+
+
+@dataclass
+class TrustRegion:
+    """TuRBO's side-length bookkeeping."""
+
+    length: float
+    cfg: BOConfig
+    fail_tol: int
+    succ: int = 0
+    fail: int = 0
+    restarts: int = 0
+
+    def update(self, improved: bool) -> None:
+        self.succ, self.fail = (self.succ + 1, 0) if improved else (0, self.fail + 1)
+        if self.succ >= self.cfg.succ_tol:
+            self.length, self.succ = min(2 * self.length, self.cfg.length_max), 0
+        elif self.fail >= self.fail_tol:
+            self.length, self.fail = self.length / 2, 0
+        if self.length < self.cfg.length_min:
+            self.length, self.restarts = self.cfg.length_init, self.restarts + 1
+            log.info("trust region restarted (%d)", self.restarts)
+
+
+def gp_training_set(z: np.ndarray, y: np.ndarray, max_points: int) -> tuple[np.ndarray, ...]:
+    """All points, or the best max_points/2 and the most recent max_points/2 of the rest."""
+    if len(y) <= max_points:
+        return z, y
+    recent = np.arange(len(y) - max_points // 2, len(y))
+    older = np.arange(len(y) - max_points // 2)
+    best = older[np.argsort(-y[older], kind="stable")[: max_points - len(recent)]]
+    idx = np.sort(np.concatenate([best, recent]))
+    return z[idx], y[idx]
+
+
+def candidates(
+    center: np.ndarray,
+    gp: GP,
+    cfg: BOConfig,
+    length: float | None,
+    rng: np.random.Generator,
+    top: np.ndarray,
+) -> np.ndarray:
+    """n_candidates latents: TuRBO perturbations in the region, or prior + local draws."""
+    n, d = cfg.n_candidates, center.shape[0]
+    if length is None:  # global: half from the prior, half near the best latents
+        prior = rng.standard_normal((n // 2, d))
+        near = top[rng.integers(0, len(top), n - n // 2)] + 0.3 * rng.standard_normal((n - n // 2, d))
+        return np.clip(np.concatenate([prior, near]), -cfg.bound, cfg.bound).astype(np.float32)
+    w = gp.lengthscales / np.exp(np.mean(np.log(gp.lengthscales)))  # TuRBO: stretch by ARD
+    lo = np.clip(center - w * length / 2, -cfg.bound, cfg.bound)
+    hi = np.clip(center + w * length / 2, -cfg.bound, cfg.bound)
+    pert = lo + (hi - lo) * rng.random((n, d))
+    mask = rng.random((n, d)) <= min(20.0 / d, 1.0)  # perturb ~20 dimensions at a time
+    mask[np.arange(n), rng.integers(0, d, n)] = True
+    return np.where(mask, pert, center).astype(np.float32)
+
+
+def _thompson(gp: GP, cand: np.ndarray, q: int, seed: int) -> np.ndarray:
+    f = gp.thompson(cand, q, seed)  # (q, n_cand)
+    chosen: list[int] = []
+    for row in f:  # each draw picks its best candidate not taken by an earlier draw
+        for i in np.argsort(-row):
+            if i not in chosen:
+                chosen.append(int(i))
+                break
+    return cand[chosen]
+
+
+def _ei(gp: GP, cand: np.ndarray, q: int, best: float, lo, hi, steps: int = 30) -> np.ndarray:
+    mean, std = gp.predict(cand)
+    u = (mean - best) / np.maximum(std, 1e-9)
+    from scipy.stats import norm
+
+    ei = std * (u * norm.cdf(u) + norm.pdf(u))
+    x = jnp.asarray(cand[np.argsort(-ei, kind="stable")[:q]])
+    grad = jax.jit(jax.vmap(jax.grad(gp.ei_fn(best))))
+    tx = optax.adam(0.02)
+    s = tx.init(x)
+    for _ in range(steps):  # projected gradient ascent on EI, every start at once
+        upd, s = tx.update(-grad(x), s, x)
+        x = jnp.clip(optax.apply_updates(x, upd), lo, hi)
+    return np.asarray(x)
+
+
+def run_bo(
+    model: MolVAE,
+    oracle: Oracle,
+    cfg: BOConfig,
+    seed: int = 0,
+    init_smiles: list[str] | None = None,
+    progress: bool = True,
+) -> Loop:
+    """Spend the oracle's budget by batch Bayesian optimization; returns the loop record."""
+    loop = Loop(model, oracle, cfg.patience, progress, "bo")
+    rng = np.random.default_rng([seed, 2])
+    initial_design(loop, cfg.n_init or max(oracle.budget // 10, 16), seed, init_smiles)
+    d = model.latent_dim
+    fail_tol = cfg.fail_tol or math.ceil(max(4, d) / cfg.batch_size)
+    tr = TrustRegion(cfg.length_init, cfg, fail_tol) if cfg.trust_region else None
+    params = None
+    while not loop.done:
+        loop.next_round()
+        z, y = loop.evals.arrays()
+        if len(y) < 2:
+            loop.evaluate(rng.standard_normal((cfg.batch_size, d)).astype(np.float32), "prior")
+            continue
+        t0 = time.perf_counter()
+        zt, yt = gp_training_set(z, y, cfg.max_points)
+        gp = GP.fit(zt, yt, params, steps=cfg.gp_steps if params is None else cfg.gp_steps // 4)
+        params = gp.params
+        best_before = float(y.max())
+        center = z[int(np.argmax(y))]
+        cand = candidates(center, gp, cfg, tr.length if tr else None, rng, loop.evals.top_latents(10))
+        q = min(cfg.batch_size, cfg.n_candidates)
+        if cfg.acquisition == "ts":
+            batch = _thompson(gp, cand, q, seed * 100_003 + loop.round)
+        else:
+            lo, hi = cand.min(0), cand.max(0)
+            batch = _ei(gp, cand, q, best_before, lo, hi)
+        t1 = time.perf_counter()
+        scores = loop.evaluate(batch, "bo")
+        log.debug(
+            "round %d: %d points, surrogate + acquisition %.2f s, decode + score %.2f s",
+            loop.round, len(yt), t1 - t0, time.perf_counter() - t1,
+        )
+        if tr is not None:
+            new_best = np.nanmax(scores) if np.isfinite(scores).any() else -np.inf
+            tr.update(new_best > best_before + 1e-3 * abs(best_before))
+    loop.close()
+    return loop

@@ -1,0 +1,154 @@
+"""`molvae.optimize`: one call from a model and an objective to a scored, budgeted history."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from molvae import chem
+from molvae.models.predictor import Predictor
+from molvae.optimize import report
+from molvae.optimize.bo import BOConfig, run_bo
+from molvae.optimize.gradient import GradientConfig, run_gradient
+from molvae.optimize.objectives import Objective, ScoreFn, make_objective
+from molvae.optimize.oracle import Oracle
+
+if TYPE_CHECKING:
+    from molvae.api import MolVAE
+
+log = logging.getLogger(__name__)
+METHODS = {"gradient": GradientConfig, "bo": BOConfig}
+PROPERTY_COLUMNS = ("qed", "logp", "sa", "weight", "plogp")
+
+
+@dataclass
+class OptimizeResult:
+    """Outcome of `molvae.optimize`: every oracle call, in order, and helpers on top of it."""
+
+    history: pd.DataFrame  # smiles, score, call, round, source, status
+    objective: str
+    method: str
+    budget: int
+    seed: int
+    counts: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def top(self, k: int = 10, properties: bool = True) -> pd.DataFrame:
+        """The k best distinct molecules: smiles, score, call (+ RDKit properties)."""
+        scored = self.history.dropna(subset=["score"]).drop_duplicates("smiles")
+        top = scored.nlargest(k, "score", keep="first")[["smiles", "score", "call"]]
+        top = top.reset_index(drop=True)
+        if properties and len(top):
+            top = pd.concat([top, chem.properties(list(top["smiles"]), PROPERTY_COLUMNS)], axis=1)
+        return top
+
+    def curve(self, k: int = 10) -> pd.DataFrame:
+        """Best and top-k mean score after each call."""
+        return report.curve(self.history["score"].to_numpy(float), k)
+
+    def auc(self, k: int = 10, freq: int = 100) -> float:
+        """PMO AUC of the top-k mean over the budget (see `report.top_auc`)."""
+        return report.top_auc(self.history["score"].to_numpy(float), self.budget, k, freq)
+
+    def summary(self) -> dict[str, Any]:
+        top = self.top(10, properties=False)["score"].tolist()
+        return {
+            "objective": self.objective,
+            "method": self.method,
+            "budget": self.budget,
+            "seed": self.seed,
+            "oracle_calls": len(self.history),
+            "top1": top[0] if top else float("nan"),
+            "top3": top[:3],
+            "top10_mean": float(pd.Series(top).mean()) if top else float("nan"),
+            "auc_top10": self.auc(),
+            "counts": dict(self.counts),
+            "seconds": round(self.seconds, 2),
+            "config": self.config,
+        }
+
+
+def method_config(method: str, **options: Any) -> GradientConfig | BOConfig:
+    """The settings dataclass of `method`; unknown option names are a TypeError naming them."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
+    cls = METHODS[method]
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TypeError(f"unknown option(s) {unknown} for method {method!r}; known: {sorted(known)}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})
+
+
+def optimize(
+    model: MolVAE,
+    objective: str | Objective | ScoreFn,
+    method: str = "gradient",
+    budget: int = 1000,
+    seed: int = 0,
+    *,
+    history_path: str | Path | None = None,
+    init_smiles: Sequence[str] | None = None,
+    predictor: Predictor | None = None,
+    progress: bool = True,
+    **options: Any,
+) -> OptimizeResult:
+    """Search the model's latent space for molecules that maximise `objective`.
+
+    objective: a built-in name ("qed", "plogp", "plogp_zinc", "logp", "sa" (= -SA), ...), an
+      Objective, or any callable list[str] -> list[float] (nan where it cannot score).
+    method: "gradient" (ascent through a predictor fitted on the scored molecules) or "bo"
+      (GP Bayesian optimization, trust region by default). `options` are the fields of
+      GradientConfig / BOConfig, e.g. batch_size=20, acquisition="ei", trust_region=False.
+    budget: distinct valid molecules the objective may see (repeats are free, invalid never
+      charged). history_path: CSV written as calls are made; rerunning with the same path
+      resumes without paying again (the search replays deterministically from the cache).
+    init_smiles: molecules to score first (charged). predictor: a pretrained predictor whose
+      targets include the objective's name, used for the first gradient round.
+    """
+    cfg = method_config(method, **options)
+    obj = make_objective(objective)
+    oracle = Oracle(obj, budget, path=history_path)
+    t0 = time.perf_counter()
+    log.info("optimizing %s by %s, budget %d, seed %d", obj.name, method, budget, seed)
+    init = list(init_smiles) if init_smiles else None
+    if method == "gradient":
+        target = _target_of(predictor, obj) if predictor is not None else 0
+        run_gradient(model, oracle, cfg, seed, predictor, target, init, progress)
+    else:
+        run_bo(model, oracle, cfg, seed, init, progress)
+    result = OptimizeResult(
+        history=oracle.history,
+        objective=obj.name,
+        method=method,
+        budget=budget,
+        seed=seed,
+        counts=dict(oracle.counts),
+        seconds=time.perf_counter() - t0,
+        config=dataclasses.asdict(cfg),
+    )
+    s = result.summary()
+    log.info(
+        "%s/%s: %d calls, top-1 %.4g, top-10 mean %.4g, AUC %.4g, %.0f s; %s",
+        obj.name, method, s["oracle_calls"], s["top1"], s["top10_mean"], s["auc_top10"],
+        result.seconds, dict(oracle.counts),
+    )
+    return result
+
+
+def _target_of(predictor: Predictor, obj: Objective) -> int:
+    targets = list(predictor.cfg.targets)
+    if obj.name not in targets:
+        raise ValueError(
+            f"the predictor predicts {targets}, not the objective {obj.name!r}; pass no "
+            "predictor to fit one on the scored molecules"
+        )
+    return targets.index(obj.name)

@@ -1,0 +1,276 @@
+"""Sweeps: Hydra launcher and sweeper plugins on the smoke config, experiment configs, collect.py.
+
+Multiruns run as real subprocesses (`python experiments/train.py -m ...`) into tmp_path, with a
+4-step smoke training per job; compiled steps come from the shared JAX cache after the first run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "experiments"))
+
+import collect  # noqa: E402
+
+# The smoke config cut to 4 steps with one evaluation: seconds per job.
+FAST = [
+    "experiment=smoke",
+    "train.progress=false",
+    "train.steps=4",
+    "train.log_every=2",
+    "train.eval_every=4",
+    "train.ckpt_every=4",
+]
+EXPERIMENTS = sorted(
+    p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml") if p.stem not in ("smoke", "demo")
+)
+
+
+def multirun(sweep_dir: Path, *overrides: str, script: str = "train.py", check: bool = True):
+    env = {
+        **os.environ,
+        "HYDRA_FULL_ERROR": "1",
+        "JAX_COMPILATION_CACHE_DIR": str(ROOT / ".cache" / "jax"),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5",
+    }
+    cmd = [sys.executable, str(ROOT / "experiments" / script), "-m", *overrides]
+    proc = subprocess.run(
+        [*cmd, f"hydra.sweep.dir={sweep_dir}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"multirun failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def final_record(job: Path) -> dict:
+    recs = [json.loads(x) for x in (job / "metrics.jsonl").read_text().splitlines()]
+    return recs[-1]
+
+
+def assert_two_finished_runs(sweep: Path) -> None:
+    assert (sweep / "multirun.yaml").exists()
+    for job in ("0", "1"):
+        for name in ("run.json", "vocab.json", "metrics.jsonl", ".hydra/overrides.yaml"):
+            assert (sweep / job / name).exists(), f"{job}/{name}"
+        rec = final_record(sweep / job)
+        assert rec["step"] == 4 and rec["val_elbo"] > 0 and 0 <= rec["val_recon_acc"] <= 1
+
+
+# ----------------------------------------------------------------------------- launchers
+
+
+def test_joblib_multirun_writes_two_run_folders_and_collects(tmp_path):
+    sweep = tmp_path / "sweep"
+    multirun(sweep, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *FAST, "seed=0,1")
+    assert_two_finished_runs(sweep)
+    assert final_record(sweep / "0")["loss"] != final_record(sweep / "1")["loss"]  # seeds differ
+
+    assert collect.main([str(sweep), "--strict"]) == 0
+    df = pd.read_csv(sweep / "summary.csv")
+    assert list(df["job"]) == [0, 1] and list(df["status"]) == ["ok", "ok"]
+    assert list(df["seed"]) == [0, 1]
+    np_kl = df["val_kl"].to_numpy()
+    assert df["val_kl_bits"].to_numpy() == pytest.approx(np_kl / 0.6931471805599453)
+    assert df["val_elbo"][0] == pytest.approx(final_record(sweep / "0")["val_elbo"])
+    md = (sweep / "summary.md").read_text()
+    assert "2 jobs: 2 ok, 0 failed" in md and "| seed |" in md
+    for png in ("rate_distortion.png", "curves.png"):
+        assert (sweep / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_submitit_local_multirun_writes_two_run_folders(tmp_path):
+    sweep = tmp_path / "sweep"
+    multirun(sweep, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", *FAST,
+             "seed=0,1")  # fmt: skip
+    assert_two_finished_runs(sweep)
+    assert (sweep / ".submitit").is_dir()
+    df, _ = collect.collect(sweep)  # .submitit/ holds logs and pickles, not jobs
+    assert list(df["job"]) == ["0", "1"]
+
+
+def test_a_failed_job_does_not_stop_the_other_and_is_reported(tmp_path):
+    sweep = tmp_path / "sweep"
+    # train.lr=-1 makes job 1 raise at config validation, before any training.
+    proc = multirun(sweep, "hydra/launcher=joblib", *FAST, "train.lr=0.002,-1", check=False)
+    assert proc.returncode != 0 and "train.lr must be positive" in proc.stderr
+    assert final_record(sweep / "0")["step"] == 4  # the other job finished
+
+    assert collect.main([str(sweep)]) == 0
+    assert collect.main([str(sweep), "--strict"]) == 1
+    df = pd.read_csv(sweep / "summary.csv", keep_default_na=False)
+    ok, bad = df.iloc[0], df.iloc[1]
+    assert (ok["status"], bad["status"]) == ("ok", "failed")
+    assert "train.lr=-1" in bad["overrides"] and "no metrics.jsonl" in bad["note"]
+    assert "1 ok, 1 failed" in (sweep / "summary.md").read_text()
+
+
+# ----------------------------------------------------------------------------- optuna
+
+
+def test_optuna_search_runs_two_trials_into_sqlite(tmp_path):
+    import optuna
+
+    sweep, db = tmp_path / "sweep", tmp_path / "search.db"
+    # experiment=[smoke,search]: the search config on the tiny model; one searched dimension,
+    # the others fixed on the command line (fixed values leave the search space).
+    multirun(
+        sweep,
+        "experiment=[smoke,search]",
+        *FAST[1:],
+        "hydra.sweeper.n_trials=2",
+        f"hydra.sweeper.storage=sqlite:///{db}",
+        "model.latent_dim=choice(4,8)",
+        "model.enc_hidden=32",
+        "model.dec_hidden=32",
+        "train.kl_schedule=linear",
+        "train.kl_max=1.0",
+        "train.lr=0.002",
+    )
+    result = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    study = optuna.load_study(study_name="molvae_search", storage=f"sqlite:///{db}")
+    trials = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(trials) == 2 and set(study.best_params) == {"model.latent_dim"}
+    # The objective is the final validation ELBO of the trial's run folder (minimised).
+    elbos = [final_record(sweep / str(t.number))["val_elbo"] for t in trials]
+    assert [t.value for t in trials] == pytest.approx(elbos)
+    assert result["best_value"] == pytest.approx(min(elbos))
+
+    df, _ = collect.collect(sweep)
+    assert list(df["status"]) == ["ok", "ok"]
+    assert "Optuna best value" in collect.to_markdown(df, [], sweep)
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_configs_compose_and_sweep_real_keys(name):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[f"experiment={name}"], return_hydra_config=True)
+    text = (ROOT / "conf" / "experiment" / f"{name}.yaml").read_text()
+    assert text.startswith("# @package _global_") and "python experiments/" in text
+    params = cfg.hydra.sweeper.params
+    assert params, "an experiment sweep without hydra.sweeper.params"
+    for key in params:
+        assert OmegaConf.select(cfg, key, default="MISSING") != "MISSING", key
+    assert str(cfg.hydra.sweep.dir).startswith(f"multirun/{name}/")
+    if name == "search":
+        assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper")
+        assert cfg.hydra.sweeper.direction == "minimize"
+
+
+def test_slurm_launcher_config_makes_a_valid_sbatch_array():
+    """The slurm config goes through submitit's own checks and sbatch script writer."""
+    import submitit
+    from hydra import compose, initialize_config_dir
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+    from omegaconf import OmegaConf
+
+    overrides = ["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.sweep.dir=/sw"]
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=False)
+    assert launcher["_target_"].endswith("SlurmLauncher")
+    # What hydra_submitit_launcher's launch() does with these keys (submitit_launcher.py).
+    launcher.pop("_target_")
+    launcher.pop("submitit_folder")
+    launcher["name"] = "train"
+    base = set(OmegaConf.structured(BaseQueueConf).keys())
+    executor = submitit.SlurmExecutor(folder="/tmp/unused-%j", max_num_timeout=3)
+    params = {k: v for k, v in launcher.items() if k != "max_num_timeout"}
+    executor.update_parameters(**submitit.AutoExecutor._convert_parameters(
+        {k if k in base else f"slurm_{k}": v for k, v in params.items()}, "slurm"))  # fmt: skip
+    executor.parameters["map_count"] = 20
+    script = executor._make_submission_file_text("python -m submitit.core._submit X", "uid")
+    for line in (
+        "#SBATCH --partition=gpu",
+        "#SBATCH --gpus-per-node=1",
+        "#SBATCH --time=240",
+        "#SBATCH --array=0-19%16",
+        "#SBATCH --cpus-per-task=8",
+    ):
+        assert line in script, line
+
+
+# ----------------------------------------------------------------------------- collect.py
+
+
+def _job(root: Path, name: str, overrides: list[str], records: list[dict] | None, steps=100):
+    job = root / name
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"train": {"steps": steps}}))
+    if records is not None:
+        (job / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return job
+
+
+def _val(step: int, kl: float, acc: float) -> dict:
+    return {
+        "step": step,
+        "loss": 50.0,
+        "val_elbo": 40.0 + kl,
+        "val_recon": 40.0,
+        "val_kl": kl,
+        "val_recon_acc": acc,
+        "val_token_acc": 0.9,
+    }
+
+
+def test_collect_reads_every_kind_of_job_folder(tmp_path):
+    _job(tmp_path, "0", ["model.latent_dim=16", "train.kl_max=0.1"], [_val(100, 6.0, 0.8)])
+    _job(tmp_path, "1", ["model.latent_dim=16", "train.kl_max=1.0"], [_val(100, 2.0, 0.4)])
+    stopped = _job(tmp_path, "2", ["model.latent_dim=32", "train.kl_max=0.1"], [_val(50, 1, 0.1)])
+    with open(stopped / "metrics.jsonl", "a") as f:
+        f.write('{"step": 60, "loss": 3')  # a writer killed mid-line
+    _job(tmp_path, "10", ["model.latent_dim=32", "train.kl_max=1.0"], None)
+    (tmp_path / "3").mkdir()
+    (tmp_path / "3" / ".hydra").mkdir()
+    (tmp_path / "3" / ".hydra" / "overrides.yaml").write_text(": not yaml [")
+    _job(tmp_path, "4", ["model.latent_dim=64", "train.kl_max=1.0"], [_val(100, 3.0, 0.5)])
+    (tmp_path / "4" / "metrics.json").write_text(json.dumps({"valid": 0.99, "reference": "x"}))
+    (tmp_path / ".submitit" / "1").mkdir(parents=True)
+
+    df, keys = collect.collect(tmp_path)
+    assert keys == ["model.latent_dim", "train.kl_max"]
+    assert list(df["job"]) == ["0", "1", "2", "3", "4", "10"]  # natural order
+    assert list(df["status"]) == ["ok", "ok", "failed", "failed", "ok", "failed"]
+    notes = dict(zip(df["job"], df["note"], strict=True))
+    assert "stopped at step 50 of 100" in notes["2"] and "1 unreadable" in notes["2"]
+    assert notes["3"].startswith("unreadable") and "no metrics.jsonl" in notes["10"]
+    row = df.set_index("job").loc["0"]
+    assert row["val_kl_bits"] == pytest.approx(6.0 / 0.6931471805599453)
+    assert row["model.latent_dim"] == 16 and row["train.kl_max"] == 0.1
+    assert df.set_index("job").loc["4", "valid"] == 0.99
+
+    assert collect.main([str(tmp_path), "--out", str(tmp_path / "out")]) == 0
+    md = (tmp_path / "out" / "summary.md").read_text()
+    assert "6 jobs: 3 ok, 3 failed" in md and "Lowest validation ELBO: 42 nats, job 1" in md
+    assert (tmp_path / "out" / "rate_distortion.png").exists()
+
+
+def test_collect_file_names_match_the_run_folder_contract():
+    from molvae import runs
+
+    assert (collect.METRICS_JSONL, collect.EVAL_JSON, collect.RUN_JSON) == (
+        runs.METRICS_JSONL,
+        runs.EVAL_JSON,
+        runs.RUN_JSON,
+    )
