@@ -114,7 +114,8 @@ def summarize_job(root: Path, job: Path) -> dict[str, Any]:
     try:
         overrides = read_overrides(job)
         row["overrides"] = " ".join(overrides)
-        row.update(dict(split_override(o) for o in overrides))
+        parsed = dict(split_override(o) for o in overrides)
+        row.update(parsed, _keys=list(parsed))
         row.update(_final_metrics(job))
     except Exception as e:  # noqa: BLE001 - a broken folder becomes a failed row, not a crash
         row["note"] = f"unreadable: {type(e).__name__}: {e}"
@@ -170,9 +171,9 @@ def collect(root: Path) -> tuple[pd.DataFrame, list[str]]:
     jobs = find_jobs(root)
     rows = [summarize_job(root, job) for job in jobs]
     keys: list[str] = []
-    for job in jobs:
-        for item in read_overrides(job) if (job / HYDRA_DIR).exists() else []:
-            if (k := split_override(item)[0]) not in keys and k not in FIRST + METRIC_ORDER:
+    for row in rows:
+        for k in row.pop("_keys", []):
+            if k not in keys and k not in FIRST + METRIC_ORDER:
                 keys.append(k)
     df = pd.DataFrame(rows)
     if df.empty:

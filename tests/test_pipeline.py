@@ -69,3 +69,16 @@ def test_impossible_config_fails_before_work_naming_the_key(root, tmp_path, over
                check=False)
     assert proc.returncode != 0 and key in proc.stderr + proc.stdout
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_wandb_logger_writes_an_offline_run_into_the_run_folder(root, tmp_path):
+    out = tmp_path / "run"
+    run(root, "train.py", "experiment=smoke", "logger=wandb", f"hydra.run.dir={out}",
+        "train.progress=false")
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, list((out / "wandb").iterdir())
+    files = [p for p in runs[0].rglob("*") if p.is_file()]
+    assert any(p.suffix == ".wandb" for p in files)  # the offline event log, syncable later
+    blob = next(p for p in files if p.suffix == ".wandb").read_bytes()  # keys are stored verbatim
+    for key in (b"loss", b"val_recon_acc", b"mol_per_s", b"beta", b"lr", b"kl_max"):
+        assert key in blob, key

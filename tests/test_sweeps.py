@@ -94,8 +94,7 @@ def test_joblib_multirun_writes_two_run_folders_and_collects(tmp_path):
 
 def test_submitit_local_multirun_writes_two_run_folders(tmp_path):
     sweep = tmp_path / "sweep"
-    multirun(sweep, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", *FAST,
-             "seed=0,1")  # fmt: skip
+    multirun(sweep, "hydra/launcher=submitit_local", *FAST, "seed=0,1")
     assert_two_finished_runs(sweep)
     assert (sweep / ".submitit").is_dir()
     df, _ = collect.collect(sweep)  # .submitit/ holds logs and pickles, not jobs
@@ -176,8 +175,13 @@ def test_experiment_configs_compose_and_sweep_real_keys(name):
         assert cfg.hydra.sweeper.direction == "minimize"
 
 
-def test_slurm_launcher_config_makes_a_valid_sbatch_array():
+def test_slurm_launcher_config_makes_a_valid_sbatch_array(tmp_path, monkeypatch):
     """The slurm config goes through submitit's own checks and sbatch script writer."""
+    fake_bin = tmp_path / "bin"  # submitit refuses to build a SLURM executor without srun
+    fake_bin.mkdir()
+    (fake_bin / "srun").write_text("#!/bin/sh\nexit 1\n")
+    (fake_bin / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
     import submitit
     from hydra import compose, initialize_config_dir
     from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
@@ -186,19 +190,20 @@ def test_slurm_launcher_config_makes_a_valid_sbatch_array():
     overrides = ["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.sweep.dir=/sw"]
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=overrides, return_hydra_config=True)
-    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=False)
-    assert launcher["_target_"].endswith("SlurmLauncher")
-    # What hydra_submitit_launcher's launch() does with these keys (submitit_launcher.py).
-    launcher.pop("_target_")
-    launcher.pop("submitit_folder")
-    launcher["name"] = "train"
+    params = OmegaConf.to_container(cfg.hydra.launcher, resolve=False)
+    assert params.pop("_target_").endswith("SlurmLauncher")
+    params.update(name="train", submitit_folder=str(tmp_path / "%j"))
+    # What BaseSubmititLauncher.launch() does with them (hydra_submitit_launcher 1.2.0).
+    executor = submitit.AutoExecutor(
+        folder=params.pop("submitit_folder"),
+        cluster="slurm",
+        slurm_max_num_timeout=params.pop("max_num_timeout"),
+    )
     base = set(OmegaConf.structured(BaseQueueConf).keys())
-    executor = submitit.SlurmExecutor(folder="/tmp/unused-%j", max_num_timeout=3)
-    params = {k: v for k, v in launcher.items() if k != "max_num_timeout"}
-    executor.update_parameters(**submitit.AutoExecutor._convert_parameters(
-        {k if k in base else f"slurm_{k}": v for k, v in params.items()}, "slurm"))  # fmt: skip
-    executor.parameters["map_count"] = 20
-    script = executor._make_submission_file_text("python -m submitit.core._submit X", "uid")
+    executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()})
+    slurm = executor._executor
+    slurm.parameters["map_count"] = 20  # a 20-job sweep is one array of 20
+    script = slurm._make_submission_file_text("python -m submitit.core._submit X", "uid")
     for line in (
         "#SBATCH --partition=gpu",
         "#SBATCH --gpus-per-node=1",
