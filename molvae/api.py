@@ -105,12 +105,13 @@ def _restore_params(model: VAE, run_dir: Path) -> None:
         runs.import_params(model, run_dir / runs.PARAMS_NPZ)
         return
     ckpt = (run_dir / runs.CHECKPOINTS).absolute()
+    from molvae.train import restore_into, warn_partial_checkpoints  # only to read a checkpoint
+
+    warn_partial_checkpoints(ckpt)
     mngr = ocp.CheckpointManager(ckpt, options=ocp.CheckpointManagerOptions(create=False))
     step = mngr.latest_step() if ckpt.exists() else None
     if step is None:
         raise runs.RunFolderError(f"{run_dir}: no {runs.PARAMS_NPZ} and no checkpoint in {ckpt}")
-    from molvae.train import restore_into  # training code only when reading a checkpoint
-
     restore_into(mngr, step, nnx.state(model), with_opt=False)
     log.info("loaded %s at step %d", run_dir, step)
 

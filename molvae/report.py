@@ -206,8 +206,15 @@ def _save(fig: Figure, run_dir: Path, name: str) -> str:
 
 
 def _save_grid(mols, legends, run_dir: Path, name: str, per_row: int) -> str:
+    opts = Draw.rdMolDraw2D.MolDrawOptions()
+    opts.drawMolsSameScale = False  # one long chain must not shrink every other drawing
     png = Draw.MolsToGridImage(
-        mols, molsPerRow=per_row, subImgSize=(260, 200), legends=legends, returnPNG=True
+        mols,
+        molsPerRow=per_row,
+        subImgSize=(260, 200),
+        legends=legends,
+        returnPNG=True,
+        drawOptions=opts,
     )
     (run_dir / FIGURES / name).write_bytes(png)
     return f"{FIGURES}/{name}"

@@ -277,7 +277,20 @@ class Batches:
 # ----------------------------------------------------------------------------- checkpoints
 
 
+def warn_partial_checkpoints(ckpt_dir: Path) -> list[Path]:
+    """Orbax commits a checkpoint by renaming its temporary folder; leftovers of a killed save
+    are never read. Say so, so a user knows why an older step is used."""
+    partial = sorted(p for p in ckpt_dir.glob("*") if p.is_dir() and "tmp" in p.name)
+    for p in partial:
+        log.warning(
+            "ignoring half-written checkpoint %s (interrupted save); using the latest complete one",
+            p,
+        )
+    return partial
+
+
 def checkpoint_manager(run_dir: Path, cfg: TrainConfig) -> ocp.CheckpointManager:
+    warn_partial_checkpoints(run_dir / "checkpoints")
     opts = ocp.CheckpointManagerOptions(
         max_to_keep=cfg.keep_checkpoints, create=True, enable_async_checkpointing=False
     )

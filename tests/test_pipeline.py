@@ -13,8 +13,14 @@ import molvae
 
 def run(root, script, *overrides, check=True):
     env = {**os.environ, "HYDRA_FULL_ERROR": "1"}
-    proc = subprocess.run([sys.executable, str(root / "experiments" / script), *overrides],
-                          cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(root / "experiments" / script), *overrides],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
@@ -28,8 +34,17 @@ def smoke_run(root, tmp_path_factory):
 
 
 def test_pipeline_writes_the_run_folder(smoke_run):
-    for name in ("run.json", "vocab.json", "metrics.jsonl", "samples.csv", "metrics.json",
-                 "data_report.csv", "data_stats.json", ".hydra/config.yaml", "checkpoints"):
+    for name in (
+        "run.json",
+        "vocab.json",
+        "metrics.jsonl",
+        "samples.csv",
+        "metrics.json",
+        "data_report.csv",
+        "data_stats.json",
+        ".hydra/config.yaml",
+        "checkpoints",
+    ):
         assert (smoke_run / name).exists(), name
     scores = json.loads((smoke_run / "metrics.json").read_text())
     for key in ("valid", "unique@1000", "Novelty", "IntDiv"):
@@ -53,28 +68,48 @@ def test_training_on_a_users_csv(root, tmp_path):
     smiles = pd.read_csv(root / "molvae/assets/moses_sample/test.csv.gz")["SMILES"][:200]
     pd.DataFrame({"id": range(200), "smi": smiles}).to_csv(src, index=False)
     out = tmp_path / "run"
-    run(root, "train.py", "experiment=smoke", "data=csv", f"data.path={src}",
-        "data.smiles_column=smi", "data.limit=null", f"hydra.run.dir={out}",
-        "train.progress=false")
+    run(
+        root,
+        "train.py",
+        "experiment=smoke",
+        "data=csv",
+        f"data.path={src}",
+        "data.smiles_column=smi",
+        "data.limit=null",
+        f"hydra.run.dir={out}",
+        "train.progress=false",
+    )
     stats = json.loads((out / "data_stats.json").read_text())
     assert stats["train"]["read"] + stats["test"]["read"] == 200
     assert molvae.load(out).sample(4, seed=0)
 
 
-@pytest.mark.parametrize("override,key", [("model.latent_dim=-3", "latent_dim"),
-                                          ("train.steps=0", "train.steps"),
-                                          ("+train.nonsense=1", "nonsense")])
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("model.latent_dim=-3", "latent_dim"),
+        ("train.steps=0", "train.steps"),
+        ("+train.nonsense=1", "nonsense"),
+    ],
+)
 def test_impossible_config_fails_before_work_naming_the_key(root, tmp_path, override, key):
-    proc = run(root, "train.py", "experiment=smoke", override, f"hydra.run.dir={tmp_path}",
-               check=False)
+    proc = run(
+        root, "train.py", "experiment=smoke", override, f"hydra.run.dir={tmp_path}", check=False
+    )
     assert proc.returncode != 0 and key in proc.stderr + proc.stdout
     assert not (tmp_path / "checkpoints").exists()
 
 
 def test_wandb_logger_writes_an_offline_run_into_the_run_folder(root, tmp_path):
     out = tmp_path / "run"
-    run(root, "train.py", "experiment=smoke", "logger=wandb", f"hydra.run.dir={out}",
-        "train.progress=false")
+    run(
+        root,
+        "train.py",
+        "experiment=smoke",
+        "logger=wandb",
+        f"hydra.run.dir={out}",
+        "train.progress=false",
+    )
     runs = list((out / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, list((out / "wandb").iterdir())
     files = [p for p in runs[0].rglob("*") if p.is_file()]
