@@ -43,12 +43,28 @@ class MolVAE:
             f"max_len={self.max_len}, run_dir={str(self.run_dir)!r})"
         )
 
-    def encode(self, smiles: Sequence[str], return_logvar: bool = False):
+    def encode(self, smiles: Sequence[str], return_logvar: bool = False, errors: str = "raise"):
         """Posterior means (n, latent_dim); with return_logvar also the log-variances.
 
-        Raises ValueError naming the molecule for invalid SMILES or unknown SELFIES symbols.
+        errors="raise": ValueError naming the molecule for invalid SMILES or unknown SELFIES
+        symbols. errors="nan": such rows are nan (count them with np.isnan(z).any(1)).
         """
-        mu, logvar = self._dec.encode(list(smiles))
+        smiles = list(smiles)
+        if errors not in ("raise", "nan"):
+            raise ValueError(f"errors must be 'raise' or 'nan', got {errors!r}")
+        ok = np.ones(len(smiles), bool)
+        if errors == "nan":
+            for i, s in enumerate(smiles):
+                try:
+                    self._dec.to_selfies(s)
+                except ValueError:
+                    ok[i] = False
+        mu, logvar = self._dec.encode([s for s, k in zip(smiles, ok, strict=True) if k])
+        if not ok.all():
+            full = np.full((len(smiles), self.latent_dim), np.nan, np.float32)
+            full_lv = full.copy()
+            full[ok], full_lv[ok] = mu, logvar
+            mu, logvar = full, full_lv
         return (mu, logvar) if return_logvar else mu
 
     def decode(

@@ -100,27 +100,34 @@ class Decoder:
 
     # -- SMILES -> latents ----------------------------------------------------------------------
 
+    def to_selfies(self, smiles: str) -> tuple[str, bool]:
+        """SELFIES of one molecule in this vocabulary, and whether stereo had to be dropped.
+
+        Raises ValueError for invalid SMILES, UnknownSymbolError (naming symbol and molecule)
+        for symbols outside the vocabulary.
+        """
+        can = chem.canonical(smiles)
+        enc = chem.smiles_to_selfies(can) if can else None
+        if enc is None:
+            raise ValueError(f"cannot encode molecule {smiles!r}: invalid SMILES")
+        try:
+            self.vocab.encode(enc, smiles)
+            return enc, False
+        except UnknownSymbolError as unknown:
+            # Models trained without stereochemistry (MOSES has none) still encode a chiral
+            # input by its flat graph; anything else unknown is an error naming the symbol.
+            flat = chem.smiles_to_selfies(chem.canonical(smiles, isomeric=False) or "")
+            try:
+                self.vocab.encode(flat or "", smiles)
+            except UnknownSymbolError:
+                raise unknown from None
+            return flat, True
+
     def tokenize(self, smiles: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Tokens and lengths; the width grows past max_len if a molecule needs it."""
-        selfies, flattened = [], 0
-        for s in smiles:
-            can = chem.canonical(s)
-            enc = chem.smiles_to_selfies(can) if can else None
-            if enc is None:
-                raise ValueError(f"cannot encode molecule {s!r}: invalid SMILES")
-            try:
-                self.vocab.encode(enc, s)
-            except UnknownSymbolError as unknown:
-                # Models trained without stereochemistry (MOSES has none) still encode a chiral
-                # input by its flat graph; anything else unknown is an error naming the symbol.
-                flat = chem.smiles_to_selfies(chem.canonical(s, isomeric=False) or "")
-                try:
-                    self.vocab.encode(flat or "", s)
-                except UnknownSymbolError:
-                    raise unknown from None
-                enc, flattened = flat, flattened + 1
-            selfies.append(enc)
-        if flattened:
+        pairs = [self.to_selfies(s) for s in smiles]
+        selfies = [p[0] for p in pairs]
+        if flattened := sum(p[1] for p in pairs):
             log.warning(
                 "%d molecule(s) encoded without stereochemistry, which the vocabulary lacks",
                 flattened,

@@ -86,3 +86,10 @@ def test_load_errors_name_the_file(tiny_run, tmp_path):
         molvae.load(bad)
     with pytest.raises(ValueError, match="unknown pretrained"):
         molvae.load("pretrained:nothing")
+
+
+def test_encode_with_errors_nan_keeps_rows_aligned(model):
+    z = model.encode(["CCO", "not a molecule", "c1ccccc1", "[Xe]"], errors="nan")
+    assert z.shape == (4, model.latent_dim)
+    assert np.isnan(z).any(1).tolist() == [False, True, False, True]
+    np.testing.assert_allclose(z[[0, 2]], model.encode(["CCO", "c1ccccc1"]), atol=1e-6)

@@ -180,7 +180,12 @@ def _run(mode: str, out: Path, run_dir: Path, devices: int, **extra: str):
 
 
 def _wait(proc, timeout: float = 240) -> None:
-    out, _ = proc.communicate(timeout=timeout)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:  # timed out (e.g. a peer process died): do not leave it behind
+            proc.kill()
+            proc.communicate()
     assert proc.returncode == 0, out[-3000:]
 
 
@@ -215,15 +220,15 @@ def test_one_step_on_two_devices_equals_one_device(one_device, tmp_path):
 
 
 def _fresh_params() -> dict[str, np.ndarray]:
+    """The parameters train() starts from (VAE seeded with train.seed)."""
     from flax import nnx
 
     from molvae.models.vae import VAE, ModelConfig
-
-    vocab, _ = _arrays()
     from molvae.train import TrainConfig
 
-    model = VAE(ModelConfig(vocab_size=len(vocab), **MODEL), rngs=nnx.Rngs(TrainConfig().seed))
-    return _flat_params(model)
+    vocab, _ = _arrays()
+    seed = TrainConfig(**TRAIN).seed
+    return _flat_params(VAE(ModelConfig(vocab_size=len(vocab), **MODEL), rngs=nnx.Rngs(seed)))
 
 
 def test_sharded_state_step_equals_replicated(tmp_path):
@@ -262,13 +267,102 @@ def test_two_processes_joined_by_distributed_initialize_equal_one_device(one_dev
         )
         for i in range(2)
     ]
-    for p in procs:
-        _wait(p)
+    try:
+        for p in procs:
+            _wait(p)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
     got = dict(np.load(tmp_path / "out.npz"))
     assert bool(got["multi"]) and int(got["processes"]) == 2 and int(got["devices"]) == 2
     np.testing.assert_allclose(got["loss"], one_device["loss"], rtol=RTOL)
     np.testing.assert_allclose(got["grad_norm"], one_device["grad_norm"], rtol=RTOL)
     _assert_same(one_device, got)
+
+
+# ----------------------------------------------------------------------------- multi-host plan
+
+SLURM = {
+    "SLURM_JOB_ID": "77",
+    "SLURM_PROCID": "1",
+    "SLURM_LOCALID": "1",
+    "SLURM_STEP_NODELIST": "n[1-2]",
+}
+
+
+@pytest.mark.parametrize(
+    ("env", "args", "expected"),
+    [
+        ({}, {}, None),  # a laptop
+        ({**SLURM, "SLURM_NTASKS": "1"}, {}, None),  # one task per array job: a sweep on SLURM
+        ({**SLURM, "SLURM_NTASKS": "8"}, {}, {}),  # srun with 8 tasks: JAX reads SLURM_*
+        ({**SLURM, "SLURM_NTASKS": "8", "SLURM_STEP_NUM_TASKS": "1"}, {}, None),  # batch step
+        ({**SLURM, "SLURM_NTASKS": "8", "MOLVAE_DISTRIBUTED": "0"}, {}, None),  # switched off
+        ({"OMPI_COMM_WORLD_SIZE": "4"}, {}, {}),  # mpirun -n 4
+        (
+            {"JAX_COORDINATOR_ADDRESS": "h:1234", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"},
+            {},
+            {"coordinator_address": "h:1234", "num_processes": 2, "process_id": 1},
+        ),
+        (  # config beats environment
+            {"JAX_COORDINATOR_ADDRESS": "h:1234", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"},
+            {"coordinator_address": "c:9", "process_id": 0},
+            {"coordinator_address": "c:9", "num_processes": 2, "process_id": 0},
+        ),
+        ({"JAX_NUM_PROCESSES": "1", "JAX_PROCESS_ID": "0"}, {}, None),  # explicitly alone
+        (
+            {**SLURM, "SLURM_NTASKS": "8"},
+            {"coordinator_address": "c:9"},
+            {"coordinator_address": "c:9"},
+        ),
+    ],
+)
+def test_distributed_plan_follows_the_environment(env, args, expected):
+    from molvae.distributed import plan
+
+    assert plan(**args, env=env) == expected
+
+
+def test_distributed_plan_names_what_is_missing():
+    from molvae.distributed import plan
+
+    with pytest.raises(ValueError, match=r"missing \['process_id'\]"):
+        plan(coordinator_address="h:1", num_processes=2, env={})
+    with pytest.raises(ValueError, match="JAX_NUM_PROCESSES must be an integer"):
+        plan(env={"JAX_NUM_PROCESSES": "two"})
+
+
+def test_initialize_is_a_no_op_for_one_process(monkeypatch):
+    import jax
+
+    from molvae import distributed
+
+    for var in (
+        "SLURM_JOB_ID",
+        "OMPI_COMM_WORLD_SIZE",
+        "JAX_COORDINATOR_ADDRESS",
+        "JAX_NUM_PROCESSES",
+    ):
+        monkeypatch.delenv(var, raising=False)
+    assert distributed.initialize() is False
+    assert jax.process_count() == 1 and distributed.is_main_process()
+
+
+def test_state_sharding_layouts():
+    import jax
+    from jax.sharding import Mesh
+    from jax.sharding import PartitionSpec as P
+
+    from molvae.distributed import state_sharding
+
+    mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
+    state = {"w": np.zeros((64, 32)), "b": np.zeros(3)}
+    for mode in ("replicated", "fsdp"):  # on one device every layout is replication
+        assert all(s.spec == P() for s in jax.tree.leaves(state_sharding(state, mesh, mode)))
+    with pytest.raises(ValueError, match="replicated or fsdp"):
+        state_sharding(state, mesh, "zero3")
 
 
 if __name__ == "__main__":
