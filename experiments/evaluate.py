@@ -10,10 +10,11 @@ from omegaconf import DictConfig
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     quiet_libraries()
-    from molvae import runs
+    from molvae import report, runs
 
     scores = runs.evaluate_run(Path(cfg.run_dir), cfg.reference, cfg.metrics, cfg.n_jobs)
     log.info("metrics: %s", ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+    log.info("report: %s", report.write_report(Path(cfg.run_dir)))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ def main(cfg: DictConfig) -> float:
     quiet_libraries()
     data_cfg, model_cfg, train_cfg = configs(cfg)
     import molvae
-    from molvae import runs
+    from molvae import report, runs
     from molvae.train import train_and_evaluate
 
     out, t0 = run_dir(), time.perf_counter()
@@ -32,6 +32,7 @@ def main(cfg: DictConfig) -> float:
             out, cfg.evaluate.reference, cfg.evaluate.metrics, cfg.evaluate.n_jobs
         )
         logger.log({"step": result.step, **{f"eval/{k}": v for k, v in scores.items()}})
+        report.write_report(out)
     finally:
         logger.finish()
     log.info(

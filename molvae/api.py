@@ -128,7 +128,9 @@ def _restore_params(model: VAE, run_dir: Path) -> None:
     step = mngr.latest_step() if ckpt.exists() else None
     if step is None:
         raise runs.RunFolderError(f"{run_dir}: no {runs.PARAMS_NPZ} and no checkpoint in {ckpt}")
-    restore_into(mngr, step, nnx.state(model), with_opt=False)
+    state = nnx.state(model)
+    restore_into(mngr, step, state, with_opt=False)
+    nnx.update(model, state)  # nnx.state is a copy: write the restored values back
     log.info("loaded %s at step %d", run_dir, step)
 
 

@@ -147,3 +147,20 @@ def test_batches_cover_each_epoch_once_and_group_lengths():
     assert spread < 10  # random batches of this data would spread over ~45 tokens
     t, l_ = b(0)
     assert t.shape[1] % 8 == 0 and t.shape[1] >= l_.max() + 1
+
+
+def test_load_returns_the_trained_parameters(arrays, tmp_path):
+    import molvae
+    from molvae import runs
+
+    vocab, (tokens, lengths) = arrays
+    mcfg = ModelConfig(vocab_size=len(vocab), **MODEL)
+    res = train(mcfg, TrainConfig(**{**TRAIN, "steps": 8}), (tokens, lengths),
+                (tokens[:16], lengths[:16]), tmp_path, JsonlLogger(tmp_path / "metrics.jsonl"))
+    runs.write_run_info(tmp_path, mcfg, vocab, 40, {})
+    loaded = molvae.load(tmp_path).model
+    fresh = molvae.api.build_model(mcfg)
+    for x, y, f in zip(_params(res.model), _params(loaded), _params(fresh), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert any(not np.array_equal(np.asarray(x), np.asarray(f))
+               for x, f in zip(_params(loaded), _params(fresh), strict=True))
