@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.molvae-installed
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "molvae needs Python >= 3.11"'
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check -q -e ".[dev]"
+	$(PY) -m pip install --disable-pip-version-check -q -e ".[dev,sweeps]"
 	@touch $(STAMP)
 
 demo: $(STAMP)

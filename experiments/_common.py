@@ -13,6 +13,12 @@ from omegaconf import DictConfig, OmegaConf
 
 os.environ.setdefault("WANDB_MODE", "offline")  # no network unless logger.mode=online is asked for
 
+# Launchers that start jobs in fresh interpreters (submitit_local, SLURM) unpickle the entry
+# point there and must import this module too: put this folder on their PYTHONPATH.
+_HERE = str(Path(__file__).resolve().parent)
+if _HERE not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [_HERE, os.environ.get("PYTHONPATH")]))
+
 log = logging.getLogger("molvae")
 
 
@@ -31,6 +37,17 @@ def as_dataclass(cls: type, node: DictConfig | dict, section: str) -> Any:
         raise ValueError(f"unknown key(s) {unknown} in '{section}'; known: {sorted(fields)}")
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
     return cls(**values)
+
+
+def start_distributed(cfg: DictConfig) -> bool:
+    """Join a multi-host job (SLURM tasks > 1, or cfg.distributed / JAX_* variables); else no-op.
+
+    Call first in an entry point: jax.distributed must start before any JAX computation.
+    """
+    from molvae.distributed import initialize
+
+    node = cfg.get("distributed")
+    return initialize(**(OmegaConf.to_container(node, resolve=True) if node else {}))
 
 
 def run_dir() -> Path:
@@ -55,8 +72,11 @@ def configs(cfg: DictConfig):
 
 def make_logger(cfg: DictConfig, out: Path):
     """metrics.jsonl always; wandb too with logger=wandb."""
+    from molvae.distributed import is_main_process
     from molvae.loggers import JsonlLogger, MultiLogger, WandbLogger
 
+    if not is_main_process():  # one process writes the run's logs
+        return MultiLogger()
     jsonl = JsonlLogger(out / "metrics.jsonl")
     if cfg.logger.name == "none":
         return MultiLogger(jsonl)

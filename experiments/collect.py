@@ -132,34 +132,39 @@ def _final_metrics(job: Path) -> dict[str, Any]:
     val_recs = [r for r in records if "val_elbo" in r]
     want = expected_steps(job)
     last_step = max((int(r.get("step", 0)) for r in records), default=0)
+    failed, note = False, ""
     if not val_recs:
-        note = "no validation record"
+        failed, note = True, f"no validation record (last step {last_step})"
     elif want is not None and int(val_recs[-1].get("step", 0)) < want:
-        note = f"no final record: stopped at step {last_step} of {want}"
-    else:
-        note = ""
+        failed, note = True, f"no final record: stopped at step {last_step} of {want}"
     if val_recs:
         final = val_recs[-1]
         out["step"] = int(final.get("step", last_step))
-        for k in VAL_KEYS:
-            if k in final:
-                out[k] = final[k]
+        out.update({k: _number(final[k]) for k in VAL_KEYS if k in final})
         if "val_kl" in final:
-            out["val_kl_bits"] = final["val_kl"] / math.log(2)
+            out["val_kl_bits"] = _number(final["val_kl"]) / math.log(2)
     else:
         out["step"] = last_step
     if train_recs:
-        out["loss"] = train_recs[-1]["loss"]
-        out["time_s"] = train_recs[-1].get("time")
+        out["loss"] = _number(train_recs[-1]["loss"])
+        out["time_s"] = _number(train_recs[-1].get("time"))
     eval_path = job / EVAL_JSON
     if eval_path.exists():
         scores = json.loads(eval_path.read_text(encoding="utf-8"))
         out.update({k: v for k, v in scores.items() if isinstance(v, (int, float))})
     if bad:
         note = "; ".join(x for x in (note, f"{bad} unreadable metrics lines") if x)
-    out["status"] = "failed" if note.startswith("no ") else "ok"
+    out["status"] = "failed" if failed else "ok"
     out["note"] = note
     return out
+
+
+def _number(v: Any) -> float:
+    """A metric as float; the JSON-lines logger writes nan/inf as strings."""
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
 
 
 METRIC_ORDER = ("step", *VAL_KEYS, "loss", "time_s")
@@ -209,9 +214,9 @@ def to_markdown(df: pd.DataFrame, keys: list[str], root: Path) -> str:
     """A markdown report: counts, the best run, the table (varying overrides only)."""
     n_ok = int((df["status"] == "ok").sum()) if not df.empty else 0
     lines = [f"# Sweep summary: {root}", "", f"{len(df)} jobs: {n_ok} ok, {len(df) - n_ok} failed."]
-    if n_ok and "val_elbo" in df:
-        ok = df[df["status"] == "ok"]
-        best = ok.loc[ok["val_elbo"].idxmin()]
+    elbo = df.loc[df["status"] == "ok", "val_elbo"].dropna() if "val_elbo" in df else []
+    if len(elbo):
+        best = df.loc[elbo.idxmin()]
         lines.append(f"Lowest validation ELBO: {best['val_elbo']:.4g} nats, job {best['job']}.")
     optuna = root / OPTUNA_RESULTS
     if optuna.exists():
@@ -249,7 +254,8 @@ def plot_rate_distortion(df: pd.DataFrame, keys: list[str], path: Path) -> bool:
     need = ["val_kl_bits", "val_recon_acc", "val_recon"]
     if df.empty or any(c not in df for c in need):
         return False
-    ok = df[(df["status"] == "ok")].dropna(subset=need)
+    ok = df[df["status"] == "ok"]
+    ok = ok[ok[need].apply(pd.to_numeric, errors="coerce").abs().lt(math.inf).all(axis=1)]
     if ok.empty:
         return False
     keys = varying_keys(df, keys)

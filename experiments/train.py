@@ -6,13 +6,14 @@ validation ELBO (nats) so sweepers can minimise it.
 """
 
 import hydra
-from _common import configs, log, make_logger, quiet_libraries, run_dir
+from _common import configs, log, make_logger, quiet_libraries, run_dir, start_distributed
 from omegaconf import DictConfig, OmegaConf
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     quiet_libraries()
+    start_distributed(cfg)
     data_cfg, model_cfg, train_cfg = configs(cfg)
     from molvae.train import train_and_evaluate
 

@@ -34,7 +34,7 @@ class RunFolderError(ValueError):
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # unique per process (multi-host)
     tmp.write_text(json.dumps(obj, indent=1, default=float))
     os.replace(tmp, path)
 

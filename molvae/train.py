@@ -22,6 +22,7 @@ from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from molvae import runs
+from molvae.distributed import state_sharding
 from molvae.loggers import Logger, truncate_jsonl
 from molvae.models.vae import VAE, ModelConfig
 
@@ -60,6 +61,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     seed: int = 0
     progress: bool = True
+    param_sharding: str = "replicated"  # replicated | fsdp (large arrays split over devices)
 
     def __post_init__(self) -> None:
         for name in (
@@ -83,6 +85,10 @@ class TrainConfig:
             )
         if self.kl_max < 0 or self.free_bits < 0:
             raise ValueError("train.kl_max and train.free_bits must be >= 0")
+        if self.param_sharding not in ("replicated", "fsdp"):
+            raise ValueError(
+                f"train.param_sharding must be replicated or fsdp: {self.param_sharding!r}"
+            )
         if not 0 < self.kl_ratio <= 1:
             raise ValueError(f"train.kl_ratio must be in (0, 1], got {self.kl_ratio}")
 
@@ -386,7 +392,7 @@ def train(
     mesh = Mesh(np.array(jax.devices()), ("data",))
     if cfg.batch_size % mesh.size:
         raise ValueError(f"train.batch_size {cfg.batch_size} must divide over {mesh.size} devices")
-    data_sh, repl = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+    data_sh = NamedSharding(mesh, P("data"))
 
     # -- model and optimizer ---------------------------------------------------------------------
     model = VAE(model_cfg, rngs=nnx.Rngs(cfg.seed))
@@ -404,7 +410,7 @@ def train(
         log.info("resumed from checkpoint at step %d", start)
     # A resumed run rewrites the metrics logged after its checkpoint; a fresh one starts empty.
     truncate_jsonl(run_dir / runs.METRICS_JSONL, start if latest is not None else -1)
-    state = jax.device_put(state, repl)
+    state = jax.device_put(state, state_sharding(state, mesh, cfg.param_sharding))
 
     train_step = make_train_step(graphdef, cfg)
     model_graphdef = nnx.split(model)[0]

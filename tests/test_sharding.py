@@ -160,7 +160,9 @@ def _env(devices: int, **extra: str) -> dict[str, str]:
     env.update(
         XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
         JAX_PLATFORMS="cpu",
-        JAX_COMPILATION_CACHE_DIR=str(ROOT / ".cache" / "jax"),
+        JAX_COMPILATION_CACHE_DIR=env.get(
+            "JAX_COMPILATION_CACHE_DIR", str(ROOT / ".cache" / "jax")
+        ),
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5",
         MOLVAE_DISTRIBUTED=extra.pop("MOLVAE_DISTRIBUTED", "0"),
         **extra,

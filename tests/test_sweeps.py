@@ -21,14 +21,14 @@ sys.path.insert(0, str(ROOT / "experiments"))
 
 import collect  # noqa: E402
 
-# The smoke config cut to 4 steps with one evaluation: seconds per job.
+# The smoke config cut to 2 steps with one evaluation: seconds per job.
 FAST = [
     "experiment=smoke",
     "train.progress=false",
-    "train.steps=4",
-    "train.log_every=2",
-    "train.eval_every=4",
-    "train.ckpt_every=4",
+    "train.steps=2",
+    "train.log_every=1",
+    "train.eval_every=2",
+    "train.ckpt_every=2",
 ]
 EXPERIMENTS = sorted(
     p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml") if p.stem not in ("smoke", "demo")
@@ -39,7 +39,9 @@ def multirun(sweep_dir: Path, *overrides: str, script: str = "train.py", check: 
     env = {
         **os.environ,
         "HYDRA_FULL_ERROR": "1",
-        "JAX_COMPILATION_CACHE_DIR": str(ROOT / ".cache" / "jax"),
+        "JAX_COMPILATION_CACHE_DIR": os.environ.get(
+            "JAX_COMPILATION_CACHE_DIR", str(ROOT / ".cache" / "jax")
+        ),
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5",
     }
     cmd = [sys.executable, str(ROOT / "experiments" / script), "-m", *overrides]
@@ -67,7 +69,7 @@ def assert_two_finished_runs(sweep: Path) -> None:
         for name in ("run.json", "vocab.json", "metrics.jsonl", ".hydra/overrides.yaml"):
             assert (sweep / job / name).exists(), f"{job}/{name}"
         rec = final_record(sweep / job)
-        assert rec["step"] == 4 and rec["val_elbo"] > 0 and 0 <= rec["val_recon_acc"] <= 1
+        assert rec["step"] == 2 and rec["val_elbo"] > 0 and 0 <= rec["val_recon_acc"] <= 1
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -111,11 +113,11 @@ def test_a_failed_job_does_not_stop_the_other_and_is_reported(tmp_path):
         "experiment=[smoke,rate_distortion]",
         *FAST[1:],
         "model.latent_dim=8",
-        "train.kl_max=1.0,-1",
+        "train.kl_max=0.1,-1",
         check=False,
     )
     assert proc.returncode != 0 and "train.kl_max and train.free_bits must be >= 0" in proc.stderr
-    assert final_record(sweep / "0")["step"] == 4  # the other job finished
+    assert final_record(sweep / "0")["step"] == 2  # the other job finished
 
     assert collect.main([str(sweep)]) == 0
     assert collect.main([str(sweep), "--strict"]) == 1
@@ -147,7 +149,7 @@ def test_optuna_search_runs_two_trials_into_sqlite(tmp_path):
         "model.enc_hidden=32",
         "model.dec_hidden=32",
         "train.kl_schedule=linear",
-        "train.kl_max=1.0",
+        "train.kl_max=0.1",
         "train.lr=0.002",
     )
     result = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
@@ -262,12 +264,15 @@ def test_collect_reads_every_kind_of_job_folder(tmp_path):
     (tmp_path / "3" / ".hydra" / "overrides.yaml").write_text(": not yaml [")
     _job(tmp_path, "4", ["model.latent_dim=64", "train.kl_max=1.0"], [_val(100, 3.0, 0.5)])
     (tmp_path / "4" / "metrics.json").write_text(json.dumps({"valid": 0.99, "reference": "x"}))
+    _job(tmp_path, "5", ["model.latent_dim=64", "train.kl_max=0.1"], [_val(100, 3.0, 0.5)])
+    with open(tmp_path / "5" / "metrics.jsonl", "a") as f:  # the logger writes inf as "inf"
+        f.write(json.dumps({**_val(100, 3.0, 0.5), "val_elbo": "inf", "val_kl": "inf"}) + "\n")
     (tmp_path / ".submitit" / "1").mkdir(parents=True)
 
     df, keys = collect.collect(tmp_path)
     assert keys == ["model.latent_dim", "train.kl_max"]
-    assert list(df["job"]) == ["0", "1", "2", "3", "4", "10"]  # natural order
-    assert list(df["status"]) == ["ok", "ok", "failed", "failed", "ok", "failed"]
+    assert list(df["job"]) == ["0", "1", "2", "3", "4", "5", "10"]  # natural order
+    assert list(df["status"]) == ["ok", "ok", "failed", "failed", "ok", "ok", "failed"]
     notes = dict(zip(df["job"], df["note"], strict=True))
     assert "stopped at step 50 of 100" in notes["2"] and "1 unreadable" in notes["2"]
     assert notes["3"].startswith("unreadable") and "no metrics.jsonl" in notes["10"]
@@ -275,10 +280,11 @@ def test_collect_reads_every_kind_of_job_folder(tmp_path):
     assert row["val_kl_bits"] == pytest.approx(6.0 / 0.6931471805599453)
     assert row["model.latent_dim"] == 16 and row["train.kl_max"] == 0.1
     assert df.set_index("job").loc["4", "valid"] == 0.99
+    assert df.set_index("job").loc["5", "val_kl_bits"] == float("inf")
 
     assert collect.main([str(tmp_path), "--out", str(tmp_path / "out")]) == 0
     md = (tmp_path / "out" / "summary.md").read_text()
-    assert "6 jobs: 3 ok, 3 failed" in md and "Lowest validation ELBO: 42 nats, job 1" in md
+    assert "7 jobs: 4 ok, 3 failed" in md and "Lowest validation ELBO: 42 nats, job 1" in md
     assert (tmp_path / "out" / "rate_distortion.png").exists()
 
 
