@@ -61,9 +61,8 @@ class Predictor(nnx.Module):
     def __init__(self, cfg: PredictorConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
         sizes = (cfg.latent_dim, *cfg.hidden, len(cfg.targets))
-        self.layers = nnx.List(
-            [EnsembleLinear(cfg.n_models, a, b, rngs=rngs) for a, b in zip(sizes, sizes[1:])]
-        )
+        pairs = zip(sizes[:-1], sizes[1:], strict=True)
+        self.layers = nnx.List([EnsembleLinear(cfg.n_models, a, b, rngs=rngs) for a, b in pairs])
         self.y_mean = Stats(jnp.zeros(len(cfg.targets)))
         self.y_std = Stats(jnp.ones(len(cfg.targets)))
 
@@ -81,9 +80,7 @@ class Predictor(nnx.Module):
         return out.mean(0), out.std(0)
 
 
-def property_loss(
-    predictor: Predictor, z: jax.Array, y: jax.Array, mask: jax.Array
-) -> jax.Array:
+def property_loss(predictor: Predictor, z: jax.Array, y: jax.Array, mask: jax.Array) -> jax.Array:
     """Mean squared error on standardised targets over observed entries.
 
     z (M, B, Z) or (B, Z); y (M, B, T) or (B, T) in real units; mask like y (1 where observed).

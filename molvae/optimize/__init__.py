@@ -1,5 +1,8 @@
 """Latent-space optimization: objectives, the budgeted oracle, predictor, gradient ascent, BO."""
 
+import sys
+import types
+
 from molvae.optimize.constrained import constrained_optimize, lowest
 from molvae.optimize.core import OptimizeResult, method_config, optimize
 from molvae.optimize.objectives import (
@@ -46,3 +49,14 @@ __all__ = [
     "weight_target",
     "weighted_sum",
 ]
+
+
+class _CallableModule(types.ModuleType):
+    """`molvae.optimize(...)` must call the function even once this package is imported: the
+    import system binds the package, not the function, to the name `optimize` on `molvae`."""
+
+    def __call__(self, *args, **kwargs) -> OptimizeResult:
+        return optimize(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

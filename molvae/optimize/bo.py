@@ -5,7 +5,8 @@ the most recent `max_points`), draws candidates - inside a trust region around t
 (TuRBO, Eriksson et al. 2019; as LOL-BO, Maus et al. 2022, uses it on VAE latents) or from the
 prior - and picks a batch by Thompson sampling (one joint posterior draw per batch slot) or by
 expected improvement refined with gradient steps. The region grows after `succ_tol`
-improving batches in a row, shrinks after `fail_tol` failures, and restarts when too small.
+improving batches in a row, shrinks after `fail_tol` failures, restarts when too small, and
+widens when a whole batch decodes to molecules already scored (the region is one basin).
 """
 
 from __future__ import annotations
@@ -16,12 +17,9 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
-from molvae.optimize.gp import GP
+from molvae.optimize.gp import GP, expected_improvement
 from molvae.optimize.search import Loop, initial_design
 
 if TYPE_CHECKING:
@@ -44,7 +42,7 @@ class BOConfig:
     gp_steps: int = 200  # Adam steps on the marginal likelihood (warm-started each round)
     length_init: float = 0.8  # trust-region side length, latent units (TuRBO's defaults)
     length_min: float = 0.5**7
-    length_max: float = 1.6
+    length_max: float = 3.2  # twice TuRBO's: decoder basins are wide in VAE latents
     succ_tol: int = 3
     fail_tol: int = 0  # 0 = ceil(max(4, latent_dim) / batch_size), as TuRBO
     bound: float = 5.0  # latents stay in [-bound, bound]^Z
@@ -73,7 +71,11 @@ class TrustRegion:
     fail: int = 0
     restarts: int = 0
 
-    def update(self, improved: bool) -> None:
+    def update(self, improved: bool, new: int) -> None:
+        """After a batch: `improved` the best score, `new` molecules scored at all."""
+        if new == 0:  # everything decoded to known molecules: the region is one basin, widen it
+            self.length, self.succ, self.fail = min(2 * self.length, self.cfg.length_max), 0, 0
+            return
         self.succ, self.fail = (self.succ + 1, 0) if improved else (0, self.fail + 1)
         if self.succ >= self.cfg.succ_tol:
             self.length, self.succ = min(2 * self.length, self.cfg.length_max), 0
@@ -107,7 +109,9 @@ def candidates(
     n, d = cfg.n_candidates, center.shape[0]
     if length is None:  # global: half from the prior, half near the best latents
         prior = rng.standard_normal((n // 2, d))
-        near = top[rng.integers(0, len(top), n - n // 2)] + 0.3 * rng.standard_normal((n - n // 2, d))
+        near = top[rng.integers(0, len(top), n - n // 2)] + 0.3 * rng.standard_normal(
+            (n - n // 2, d)
+        )
         return np.clip(np.concatenate([prior, near]), -cfg.bound, cfg.bound).astype(np.float32)
     w = gp.lengthscales / np.exp(np.mean(np.log(gp.lengthscales)))  # TuRBO: stretch by ARD
     lo = np.clip(center - w * length / 2, -cfg.bound, cfg.bound)
@@ -129,20 +133,19 @@ def _thompson(gp: GP, cand: np.ndarray, q: int, seed: int) -> np.ndarray:
     return cand[chosen]
 
 
-def _ei(gp: GP, cand: np.ndarray, q: int, best: float, lo, hi, steps: int = 30) -> np.ndarray:
+def _ei(gp: GP, cand: np.ndarray, q: int, best: float) -> np.ndarray:
+    """q high-EI candidates at least half a lengthscale apart (so the batch does not collapse
+    onto one molecule), each refined by a few projected gradient steps on EI."""
     mean, std = gp.predict(cand)
-    u = (mean - best) / np.maximum(std, 1e-9)
-    from scipy.stats import norm
-
-    ei = std * (u * norm.cdf(u) + norm.pdf(u))
-    x = jnp.asarray(cand[np.argsort(-ei, kind="stable")[:q]])
-    grad = jax.jit(jax.vmap(jax.grad(gp.ei_fn(best))))
-    tx = optax.adam(0.02)
-    s = tx.init(x)
-    for _ in range(steps):  # projected gradient ascent on EI, every start at once
-        upd, s = tx.update(-grad(x), s, x)
-        x = jnp.clip(optax.apply_updates(x, upd), lo, hi)
-    return np.asarray(x)
+    ei = np.asarray(expected_improvement(mean, np.maximum(std, 1e-9), best))
+    scaled = cand / gp.lengthscales
+    chosen: list[int] = []
+    for i in np.argsort(-ei, kind="stable"):
+        if all(np.linalg.norm(scaled[i] - scaled[j]) >= 0.5 for j in chosen):
+            chosen.append(int(i))
+        if len(chosen) == q:
+            break
+    return gp.maximize_ei(cand[chosen], best, cand.min(0), cand.max(0), steps=10)
 
 
 def run_bo(
@@ -173,21 +176,25 @@ def run_bo(
         params = gp.params
         best_before = float(y.max())
         center = z[int(np.argmax(y))]
-        cand = candidates(center, gp, cfg, tr.length if tr else None, rng, loop.evals.top_latents(10))
+        cand = candidates(
+            center, gp, cfg, tr.length if tr else None, rng, loop.evals.top_latents(10)
+        )
         q = min(cfg.batch_size, cfg.n_candidates)
         if cfg.acquisition == "ts":
             batch = _thompson(gp, cand, q, seed * 100_003 + loop.round)
         else:
-            lo, hi = cand.min(0), cand.max(0)
-            batch = _ei(gp, cand, q, best_before, lo, hi)
-        t1 = time.perf_counter()
+            batch = _ei(gp, cand, q, best_before)
+        t1, before = time.perf_counter(), oracle.n_calls
         scores = loop.evaluate(batch, "bo")
         log.debug(
             "round %d: %d points, surrogate + acquisition %.2f s, decode + score %.2f s",
-            loop.round, len(yt), t1 - t0, time.perf_counter() - t1,
+            loop.round,
+            len(yt),
+            t1 - t0,
+            time.perf_counter() - t1,
         )
         if tr is not None:
             new_best = np.nanmax(scores) if np.isfinite(scores).any() else -np.inf
-            tr.update(new_best > best_before + 1e-3 * abs(best_before))
+            tr.update(new_best > best_before + 1e-3 * abs(best_before), oracle.n_calls - before)
     loop.close()
     return loop

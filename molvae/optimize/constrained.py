@@ -22,7 +22,12 @@ from molvae.models.predictor import Predictor
 from molvae.optimize.gradient import ascend
 from molvae.optimize.objectives import Objective, make_objective
 from molvae.optimize.oracle import Oracle
-from molvae.optimize.predictor import encode_valid, fit_run_predictor, load_predictor, predictor_info
+from molvae.optimize.predictor import (
+    encode_valid,
+    fit_run_predictor,
+    load_predictor,
+    predictor_info,
+)
 
 if TYPE_CHECKING:
     from molvae.api import MolVAE

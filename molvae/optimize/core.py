@@ -56,7 +56,7 @@ class OptimizeResult:
 
     def auc(self, k: int = 10, freq: int = 100) -> float:
         """PMO AUC of the top-k mean over the budget (see `report.top_auc`)."""
-        return report.top_auc(self.history["score"].to_numpy(float), self.budget, k, freq)
+        return float(report.top_auc(self.history["score"].to_numpy(float), self.budget, k, freq))
 
     def summary(self) -> dict[str, Any]:
         top = self.top(10, properties=False)["score"].tolist()
@@ -84,7 +84,9 @@ def method_config(method: str, **options: Any) -> GradientConfig | BOConfig:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(options) - known)
     if unknown:
-        raise TypeError(f"unknown option(s) {unknown} for method {method!r}; known: {sorted(known)}")
+        raise TypeError(
+            f"unknown option(s) {unknown} for method {method!r}; known: {sorted(known)}"
+        )
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})
 
 
@@ -138,8 +140,14 @@ def optimize(
     s = result.summary()
     log.info(
         "%s/%s: %d calls, top-1 %.4g, top-10 mean %.4g, AUC %.4g, %.0f s; %s",
-        obj.name, method, s["oracle_calls"], s["top1"], s["top10_mean"], s["auc_top10"],
-        result.seconds, dict(oracle.counts),
+        obj.name,
+        method,
+        s["oracle_calls"],
+        s["top1"],
+        s["top10_mean"],
+        s["auc_top10"],
+        result.seconds,
+        dict(oracle.counts),
     )
     return result
 

@@ -38,8 +38,8 @@ class GradientConfig:
     n_starts: int = 32  # trajectories per round, half from the best latents, half from the prior
     steps: int = 50  # Adam steps per trajectory
     lr: float = 0.05
-    prior_weight: float = 0.1  # weight of |z|^2 / 2 (the prior's negative log density)
-    radius: float = 2.0  # trust region: |z - z_start| <= radius
+    prior_weight: float = 0.5  # weight of |z|^2 / 2 (the prior's negative log density)
+    radius: float = 1.0  # trust region: |z - z_start| <= radius
     snapshots: int = 5  # points decoded along each trajectory
     ucb: float = 0.0  # ascend mean + ucb * ensemble std (optimism about unexplored latents)
     refit: bool = True  # refit the predictor on everything scored, every round
@@ -149,7 +149,14 @@ def run_gradient(
             continue
         z0 = _starts(loop, cfg.n_starts, rng)
         path = ascend(
-            predictor, z0, target, cfg.steps, cfg.lr, cfg.prior_weight, cfg.radius, cfg.ucb,
+            predictor,
+            z0,
+            target,
+            cfg.steps,
+            cfg.lr,
+            cfg.prior_weight,
+            cfg.radius,
+            cfg.ucb,
             cfg.snapshots,
         ).reshape(-1, model.latent_dim)
         order = np.argsort(-predict(predictor, path)[0][:, target], kind="stable")

@@ -54,7 +54,7 @@ class Oracle:
         self.counts: Counter[str] = Counter()
         self._cache: dict[str, float] = {}
         self._rows: list[tuple] = []
-        self._unreplayed: set[str] = set()
+        self._replay: dict[str, tuple] = {}  # resumed rows the search has not met again yet
         self._last_error = ""
         if self.path is not None:
             self._open()
@@ -63,12 +63,18 @@ class Oracle:
 
     @property
     def n_calls(self) -> int:
-        """Distinct valid molecules charged so far."""
+        """Distinct valid molecules charged so far by this search (as the search sees it: a
+        resumed run replays its history and counts those calls again as it meets them)."""
         return len(self._rows)
 
     @property
+    def paid(self) -> int:
+        """Calls paid for, including resumed ones the replay has not met yet."""
+        return len(self._rows) + len(self._replay)
+
+    @property
     def remaining(self) -> int:
-        return max(self.budget - len(self._rows), 0)
+        return max(self.budget - self.paid, 0)
 
     @property
     def exhausted(self) -> bool:
@@ -77,7 +83,10 @@ class Oracle:
     @property
     def history(self) -> pd.DataFrame:
         """Every charged call in order: smiles, score, call (1-based), round, source, status."""
-        df = pd.DataFrame(self._rows, columns=list(COLUMNS))
+        rows = self._rows + [
+            (*r[:2], len(self._rows) + i + 1, *r[3:]) for i, r in enumerate(self._replay.values())
+        ]
+        df = pd.DataFrame(rows, columns=list(COLUMNS))
         return df.astype({"score": float, "call": int, "round": int})
 
     def best(self, k: int = 1) -> pd.DataFrame:
@@ -85,7 +94,8 @@ class Oracle:
         return self.history.dropna(subset=["score"]).nlargest(k, "score", keep="first")
 
     def known(self, smiles: str) -> float | None:
-        """Cached score of a canonical SMILES, or None if never scored."""
+        """Cached score of a canonical SMILES, or None if not scored yet in this run (a resumed
+        history's molecules count as known once the replay meets them, as in the first run)."""
         return self._cache.get(smiles)
 
     # -- scoring ---------------------------------------------------------------------------------
@@ -100,27 +110,36 @@ class Oracle:
                 self.counts["invalid"] += 1
             elif can in self._cache:
                 out[i] = self._cache[can]
-                key = "resumed" if can in self._unreplayed else "repeats"
-                self._unreplayed.discard(can)
-                self.counts[key] += 1
+                self.counts["repeats"] += 1
             elif can in pending:
                 pending[can].append(i)
                 self.counts["repeats"] += 1
             else:
                 pending[can] = [i]
-        new = list(pending)
-        if len(new) > self.remaining:
-            self.counts["over_budget"] += len(new) - self.remaining
-            new = new[: self.remaining]
-        if not new:
-            return out
-        scores, status = self._score(new)
+        accepted, fresh, quota = [], [], self.remaining
+        for can in pending:  # replayed molecules were paid for; fresh ones need budget
+            if can in self._replay:
+                accepted.append(can)
+            elif quota > 0:
+                accepted.append(can)
+                fresh.append(can)
+                quota -= 1
+            else:
+                self.counts["over_budget"] += 1
+        scored = (
+            dict(zip(fresh, zip(*self._score(fresh), strict=True), strict=True)) if fresh else {}
+        )
         start = len(self._rows)
-        for j, (can, sc, st) in enumerate(zip(new, scores, status, strict=True)):
+        for can in accepted:
+            if can in scored:
+                (sc, st), src, rnd = scored[can], source, int(round)
+            else:  # a resumed run meets a molecule it already paid for: same row, no call
+                _, sc, _, rnd, src, st = self._replay.pop(can)
+                self.counts["resumed"] += 1
             self._cache[can] = sc
             out[pending[can]] = sc
-            self._rows.append((can, sc, start + j + 1, int(round), source, st))
-        self._append(self._rows[start:])
+            self._rows.append((can, sc, len(self._rows) + 1, rnd, src, st))
+        self._append([r for r in self._rows[start:] if r[0] in scored])
         self._check_broken()
         return out
 
@@ -181,33 +200,39 @@ class Oracle:
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "w", newline="", encoding="utf-8") as f:
-                csv.writer(f).writerow(COLUMNS)
+                csv.writer(f, lineterminator="\n").writerow(COLUMNS)
         tmp = meta_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(meta))
         os.replace(tmp, meta_path)
 
     def _resume(self) -> None:
-        text = self.path.read_text(encoding="utf-8")
+        with open(self.path, newline="", encoding="utf-8") as f:
+            text = f.read()
         if not text.endswith("\n"):  # a write cut by a crash: drop the partial row
             text = text[: text.rfind("\n") + 1]
-            self.path.write_text(text, encoding="utf-8")
+            with open(self.path, "w", newline="", encoding="utf-8") as f:
+                f.write(text)
         rows = list(csv.reader(text.splitlines()))
         if not rows or tuple(rows[0]) != COLUMNS:
             raise ObjectiveError(f"{self.path}: not an oracle history (header {rows[:1]})")
-        for r in rows[1:]:
-            sc = float(r[1]) if r[1] not in ("", "nan") else math.nan
-            self._rows.append((r[0], sc, len(self._rows) + 1, int(r[3]), r[4], r[5]))
-            self._cache[r[0]] = sc
-        self._unreplayed = set(self._cache)
-        if len(self._rows) > self.budget:
-            log.warning("%s holds %d calls, more than the budget %d", self.path, self.n_calls, self.budget)
-        log.info("oracle resumed from %s: %d calls already paid", self.path, self.n_calls)
+        for line, r in enumerate(rows[1:], start=2):
+            try:
+                self._replay[r[0]] = (r[0], float(r[1] or "nan"), int(r[2]), int(r[3]), r[4], r[5])
+            except (ValueError, IndexError):
+                raise ObjectiveError(f"{self.path}, line {line}: malformed row {r}") from None
+        if self.paid > self.budget:
+            log.warning(
+                "%s holds %d calls, more than the budget %d", self.path, self.paid, self.budget
+            )
+        log.info("oracle resumed from %s: %d calls already paid", self.path, self.paid)
 
     def _append(self, rows: list[tuple]) -> None:
         if self.path is None:
             return
         with open(self.path, "a", newline="", encoding="utf-8") as f:
-            csv.writer(f).writerows([(r[0], repr(float(r[1])), *r[2:]) for r in rows])
+            csv.writer(f, lineterminator="\n").writerows(
+                [(r[0], repr(float(r[1])), *r[2:]) for r in rows]
+            )
             f.flush()
             os.fsync(f.fileno())
 

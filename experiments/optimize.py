@@ -1,0 +1,142 @@
+"""Optimize molecules in a run's latent space: python experiments/optimize.py run_dir=DIR
+objective=qed optimize=bo optimize.budget=1000 (see conf/optimize_run.yaml for the outputs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import hydra
+from _common import log, run_dir
+from omegaconf import DictConfig, OmegaConf
+
+OBJECTIVE_KEYS = ("name", "target", "width", "terms", "constraints", "penalty")
+
+
+def objective_of(node: DictConfig):
+    """The Objective named by the `objective` config group (errors name the key)."""
+    from molvae.optimize import ObjectiveError, make_objective
+
+    spec: dict[str, Any] = OmegaConf.to_container(node, resolve=True)
+    unknown = sorted(set(spec) - set(OBJECTIVE_KEYS))
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in 'objective'; known: {list(OBJECTIVE_KEYS)}")
+    name = spec.pop("name", None)
+    spec["constraints"] = tuple(spec.get("constraints") or ())
+    try:
+        return make_objective(name, **spec)
+    except ObjectiveError as e:
+        raise ValueError(f"objective.name={name}: {e}") from None
+
+
+def method_options(node: DictConfig) -> tuple[str, int, dict[str, Any]]:
+    """method, budget and the validated settings of `optimize` (errors name the key)."""
+    from molvae.optimize import method_config
+
+    opts: dict[str, Any] = OmegaConf.to_container(node, resolve=True)
+    method, budget = opts.pop("method", None), opts.pop("budget", None)
+    if method == "constrained":
+        return method, 0, _check_constrained(opts)
+    if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
+        raise ValueError(f"optimize.budget must be a positive integer, got {budget!r}")
+    try:
+        method_config(method, **opts)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"optimize (method={method}): {e}") from None
+    return method, budget, opts
+
+
+CONSTRAINED_KEYS = ("n_molecules", "prop", "deltas", "steps", "lr", "snapshots")
+
+
+def _check_constrained(opts: dict[str, Any]) -> dict[str, Any]:
+    from molvae.chem import PROPERTIES
+
+    unknown = sorted(set(opts) - set(CONSTRAINED_KEYS))
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in 'optimize'; known: {list(CONSTRAINED_KEYS)}")
+    for key in ("n_molecules", "steps", "snapshots"):
+        if not isinstance(opts.get(key), int) or opts[key] < 1:
+            raise ValueError(f"optimize.{key} must be a positive integer, got {opts.get(key)!r}")
+    if not opts.get("deltas") or not all(0 <= d <= 1 for d in opts["deltas"]):
+        raise ValueError(
+            f"optimize.deltas must be similarities in [0, 1], got {opts.get('deltas')}"
+        )
+    if opts.get("prop") not in PROPERTIES:
+        raise ValueError(
+            f"optimize.prop must be one of {sorted(PROPERTIES)}, got {opts.get('prop')!r}"
+        )
+    return opts
+
+
+def run_search(cfg: DictConfig, model, obj, method: str, budget: int, opts: dict, out: Path):
+    import molvae
+    from molvae.optimize import report
+
+    result = molvae.optimize(
+        model, obj, method=method, budget=budget, seed=cfg.seed,
+        history_path=out / "oracle_calls.csv", progress=cfg.progress, **opts,
+    )  # fmt: skip
+    history = result.history
+    if len(history):
+        from molvae import chem
+        from molvae.optimize.core import PROPERTY_COLUMNS
+
+        props = chem.properties(list(history["smiles"]), PROPERTY_COLUMNS)
+        history = history.join(props)
+    history.to_csv(out / "history.csv", index=False)
+    top = result.top(cfg.top_k)
+    top.to_csv(out / "top.csv", index=False)
+    report.plot_curve(result.history, out / "curve.png", f"{obj.name} / {method}")
+    report.plot_grid(top.head(cfg.grid), out / "top.png")
+    return result.summary()
+
+
+def run_constrained(cfg: DictConfig, model, obj, opts: dict, out: Path) -> dict:
+    from molvae.optimize import constrained_optimize, lowest
+
+    starts = lowest(_test_smiles(model), opts["n_molecules"], opts["prop"])
+    table, summary = constrained_optimize(
+        model, starts, obj, deltas=tuple(opts["deltas"]), steps=opts["steps"], lr=opts["lr"],
+        snapshots=opts["snapshots"], progress=cfg.progress,
+    )  # fmt: skip
+    table.to_csv(out / "constrained.csv", index=False)
+    return summary
+
+
+def _test_smiles(model) -> list[str]:
+    from molvae import runs
+    from molvae.data import DataConfig, load_dataset
+
+    *_, config = runs.read_run_info(Path(model.run_dir))
+    known = set(DataConfig.__dataclass_fields__)
+    data = {
+        k: tuple(v) if isinstance(v, list) else v for k, v in config["data"].items() if k in known
+    }
+    return load_dataset(DataConfig(**data)).test.smiles
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="optimize_run")
+def main(cfg: DictConfig) -> float:
+    from molvae import runs
+
+    obj = objective_of(cfg.objective)  # every setting is checked before any work starts
+    method, budget, opts = method_options(cfg.optimize)
+    if not (Path(cfg.run_dir) / runs.RUN_JSON).exists():
+        raise ValueError(f"run_dir={cfg.run_dir} is not a molvae run folder (no {runs.RUN_JSON})")
+    import molvae
+
+    out = run_dir()
+    model = molvae.load(cfg.run_dir)
+    if method == "constrained":
+        summary = run_constrained(cfg, model, obj, opts, out)
+    else:
+        summary = run_search(cfg, model, obj, method, budget, opts, out)
+    runs.write_json_atomic(out / "summary.json", summary)
+    log.info("summary: %s", {k: v for k, v in summary.items() if k != "config"})
+    log.info("outputs in %s", out)
+    return float(summary.get("auc_top10", float("nan")))
+
+
+if __name__ == "__main__":
+    main()
