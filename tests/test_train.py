@@ -155,12 +155,20 @@ def test_load_returns_the_trained_parameters(arrays, tmp_path):
 
     vocab, (tokens, lengths) = arrays
     mcfg = ModelConfig(vocab_size=len(vocab), **MODEL)
-    res = train(mcfg, TrainConfig(**{**TRAIN, "steps": 8}), (tokens, lengths),
-                (tokens[:16], lengths[:16]), tmp_path, JsonlLogger(tmp_path / "metrics.jsonl"))
+    res = train(
+        mcfg,
+        TrainConfig(**{**TRAIN, "steps": 8}),
+        (tokens, lengths),
+        (tokens[:16], lengths[:16]),
+        tmp_path,
+        JsonlLogger(tmp_path / "metrics.jsonl"),
+    )
     runs.write_run_info(tmp_path, mcfg, vocab, 40, {})
     loaded = molvae.load(tmp_path).model
     fresh = molvae.api.build_model(mcfg)
     for x, y in zip(_params(res.model), _params(loaded), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-    assert any(not np.array_equal(np.asarray(x), np.asarray(f))
-               for x, f in zip(_params(loaded), _params(fresh), strict=True))
+    assert any(
+        not np.array_equal(np.asarray(x), np.asarray(f))
+        for x, f in zip(_params(loaded), _params(fresh), strict=True)
+    )
