@@ -117,3 +117,20 @@ def test_wandb_logger_writes_an_offline_run_into_the_run_folder(root, tmp_path):
     blob = next(p for p in files if p.suffix == ".wandb").read_bytes()  # keys are stored verbatim
     for key in (b"loss", b"val_recon_acc", b"mol_per_s", b"beta", b"lr", b"kl_max"):
         assert key in blob, key
+
+
+@pytest.mark.parametrize("name", ["smoke", "demo", "moses"])
+def test_single_run_experiments_compose_into_valid_configs(root, name):
+    from hydra import compose, initialize_config_dir
+
+    sys.path.insert(0, str(root / "experiments"))
+    from _common import configs
+
+    with initialize_config_dir(str(root / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[f"experiment={name}"])
+    text = (root / "conf" / "experiment" / f"{name}.yaml").read_text()
+    assert text.startswith("# @package _global_") and "python experiments/" in text
+    data, model, train = configs(cfg)  # validates every key and value
+    assert train.steps > 0 and model.latent_dim > 0
+    if name == "moses":
+        assert data.source == "moses" and cfg.sample.n == 30000 and cfg.evaluate.metrics == "all"
