@@ -28,12 +28,13 @@ def main(cfg: DictConfig) -> float:
         model = molvae.load(out)
         s = cfg.sample
         smiles = model.sample(s.n, temperature=s.temperature, seed=s.seed, greedy=s.greedy)
-        runs.write_samples(out, smiles)
+        samples = runs.write_samples(out, smiles)
         scores = runs.evaluate_run(
             out, cfg.evaluate.reference, cfg.evaluate.metrics, cfg.evaluate.n_jobs
         )
         logger.log({"step": result.step, **{f"eval/{k}": v for k, v in scores.items()}})
         report.write_report(out)
+        logger.log_artifacts(out, samples)
     finally:
         logger.finish()
     log.info(

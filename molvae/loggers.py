@@ -92,6 +92,28 @@ class WandbLogger:
     def log_images(self, images: dict[str, str | Path]) -> None:
         self.run.log({k: self._wandb.Image(str(p)) for k, p in images.items()})
 
+    def log_table(
+        self, name: str, df: Any, molecule_column: str | None = "smiles", max_rows: int = 200
+    ) -> None:
+        """A wandb.Table of a DataFrame; with molecule drawings when a SMILES column is given."""
+        from rdkit.Chem import Draw
+
+        from molvae.chem import mol_from_smiles
+
+        mols = None
+        if molecule_column and molecule_column in df.columns:
+            mols = [mol_from_smiles(s) for s in df[molecule_column]]
+            keep = [m is not None for m in mols]  # drawings need molecules: valid rows only
+            df, mols = df[keep], [m for m in mols if m is not None]
+        df = df.head(max_rows).reset_index(drop=True)
+        table = self._wandb.Table(dataframe=df)
+        if mols is not None:
+            table.add_column(
+                "drawing",
+                [self._wandb.Image(Draw.MolToImage(m, size=(200, 200))) for m in mols[:max_rows]],
+            )
+        self.run.log({name: table})
+
     def finish(self) -> None:
         self.run.finish()
 
@@ -109,3 +131,12 @@ class MultiLogger:
     def finish(self) -> None:
         for lg in self.loggers:
             lg.finish()
+
+    def log_artifacts(self, run_dir: Path, samples: Any = None) -> None:
+        """Report figures and a table of samples, for the loggers that keep such things."""
+        for lg in self.loggers:
+            if isinstance(lg, WandbLogger):
+                figures = sorted((run_dir / "figures").glob("*.png"))
+                lg.log_images({f"figures/{p.stem}": p for p in figures})
+                if samples is not None:
+                    lg.log_table("samples", samples)

@@ -104,7 +104,7 @@ def test_wandb_logger_writes_an_offline_run_into_the_run_folder(root, tmp_path):
     out = tmp_path / "run"
     run(
         root,
-        "train.py",
+        "pipeline.py",
         "experiment=smoke",
         "logger=wandb",
         f"hydra.run.dir={out}",
@@ -115,8 +115,21 @@ def test_wandb_logger_writes_an_offline_run_into_the_run_folder(root, tmp_path):
     files = [p for p in runs[0].rglob("*") if p.is_file()]
     assert any(p.suffix == ".wandb" for p in files)  # the offline event log, syncable later
     blob = next(p for p in files if p.suffix == ".wandb").read_bytes()  # keys are stored verbatim
-    for key in (b"loss", b"val_recon_acc", b"mol_per_s", b"beta", b"lr", b"kl_max"):
+    for key in (
+        b"loss",
+        b"val_recon_acc",
+        b"mol_per_s",
+        b"beta",
+        b"lr",
+        b"kl_max",
+        b"eval/valid",
+        b"eval/Novelty",
+        b"figures/samples_grid",
+        b"samples",
+    ):
         assert key in blob, key
+    media = {p.parent.name for p in files if p.suffix == ".png"}
+    assert "images" in media or any("media" in str(p) for p in files)
 
 
 @pytest.mark.parametrize("name", ["smoke", "demo", "moses"])
