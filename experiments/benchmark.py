@@ -29,7 +29,7 @@ def stage(name: str, **args) -> dict:
 
 
 def peer(cfg: DictConfig) -> dict:
-    py = Path(cfg.peer_python)
+    py = Path(cfg.peer_python).absolute()
     if not py.exists():
         return {"error": f"{py} missing: run `make peer` to measure the PyTorch reference"}
     from molvae.data import bundled_files
