@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 OBJECTIVE_KEYS = ("name", "target", "width", "terms", "constraints", "penalty")
 
 
-def objective_of(node: DictConfig):
+def objective_of(node: DictConfig) -> Any:
     """The Objective named by the `objective` config group (errors name the key)."""
     from molvae.optimize import ObjectiveError, make_objective
 
@@ -25,8 +25,8 @@ def objective_of(node: DictConfig):
     spec["constraints"] = tuple(spec.get("constraints") or ())
     try:
         return make_objective(name, **spec)
-    except ObjectiveError as e:
-        raise ValueError(f"objective.name={name}: {e}") from None
+    except ObjectiveError as e:  # its message names the offending objective.* key
+        raise ValueError(str(e)) from None
 
 
 def method_options(node: DictConfig) -> tuple[str, int, dict[str, Any]]:
@@ -58,6 +58,8 @@ def _check_constrained(opts: dict[str, Any]) -> dict[str, Any]:
     for key in ("n_molecules", "steps", "snapshots"):
         if not isinstance(opts.get(key), int) or opts[key] < 1:
             raise ValueError(f"optimize.{key} must be a positive integer, got {opts.get(key)!r}")
+    if not isinstance(opts.get("lr"), int | float) or not opts["lr"] > 0:
+        raise ValueError(f"optimize.lr must be positive, got {opts.get('lr')!r}")
     if not opts.get("deltas") or not all(0 <= d <= 1 for d in opts["deltas"]):
         raise ValueError(
             f"optimize.deltas must be similarities in [0, 1], got {opts.get('deltas')}"
@@ -69,7 +71,9 @@ def _check_constrained(opts: dict[str, Any]) -> dict[str, Any]:
     return opts
 
 
-def run_search(cfg: DictConfig, model, obj, method: str, budget: int, opts: dict, out: Path):
+def run_search(
+    cfg: DictConfig, model, obj, method: str, budget: int, opts: dict, out: Path
+) -> dict[str, Any]:
     import molvae
     from molvae.optimize import report
 

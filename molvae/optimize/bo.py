@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from molvae.optimize.gp import GP, expected_improvement
+from molvae.optimize.gp import GP
 from molvae.optimize.search import Loop, initial_design
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ class BOConfig:
     trust_region: bool = True  # TuRBO-style local search; False samples candidates globally
     n_candidates: int = 1024
     max_points: int = 512  # GP training set: the best half and the most recent half
-    gp_steps: int = 200  # Adam steps on the marginal likelihood (warm-started each round)
+    gp_steps: int = 200  # Adam steps on the marginal likelihood; a quarter when warm-started
     length_init: float = 0.8  # trust-region side length, latent units (TuRBO's defaults)
     length_min: float = 0.5**7
     length_max: float = 3.2  # twice TuRBO's: decoder basins are wide in VAE latents
@@ -134,18 +134,24 @@ def _thompson(gp: GP, cand: np.ndarray, q: int, seed: int) -> np.ndarray:
 
 
 def _ei(gp: GP, cand: np.ndarray, q: int, best: float) -> np.ndarray:
-    """q high-EI candidates at least half a lengthscale apart (so the batch does not collapse
-    onto one molecule), each refined by a few projected gradient steps on EI."""
-    mean, std = gp.predict(cand)
-    ei = np.asarray(expected_improvement(mean, np.maximum(std, 1e-9), best))
-    scaled = cand / gp.lengthscales
-    chosen: list[int] = []
-    for i in np.argsort(-ei, kind="stable"):
-        if all(np.linalg.norm(scaled[i] - scaled[j]) >= 0.5 for j in chosen):
-            chosen.append(int(i))
-        if len(chosen) == q:
-            break
-    return gp.maximize_ei(cand[chosen], best, cand.min(0), cand.max(0), steps=10)
+    """A batch by Kriging-believer EI over the candidates; a batch of one is refined further
+    by projected gradient ascent on EI."""
+    batch = cand[gp.batch_ei(cand, q, best)]
+    if q == 1:
+        batch = gp.maximize_ei(batch, best, cand.min(0), cand.max(0))
+    return batch
+
+
+def propose(
+    gp: GP, z: np.ndarray, y: np.ndarray, top: np.ndarray, cfg: BOConfig,
+    length: float | None, rng: np.random.Generator, seed: int,
+) -> np.ndarray:  # fmt: skip
+    """The next batch of latents: candidates around the best latent (or global), then TS/EI."""
+    cand = candidates(z[int(np.argmax(y))], gp, cfg, length, rng, top)
+    q = min(cfg.batch_size, cfg.n_candidates)
+    if cfg.acquisition == "ts":
+        return _thompson(gp, cand, q, seed)
+    return _ei(gp, cand, q, float(y.max()))
 
 
 def run_bo(
@@ -167,34 +173,23 @@ def run_bo(
     while not loop.done:
         loop.next_round()
         z, y = loop.evals.arrays()
-        if len(y) < 2:
+        if len(y) < 2:  # nothing to model yet: explore the prior
             loop.evaluate(rng.standard_normal((cfg.batch_size, d)).astype(np.float32), "prior")
             continue
         t0 = time.perf_counter()
-        zt, yt = gp_training_set(z, y, cfg.max_points)
-        gp = GP.fit(zt, yt, params, steps=cfg.gp_steps if params is None else cfg.gp_steps // 4)
+        # Hyperparameters are warm-started after the first fit, so later fits take fewer steps.
+        steps = cfg.gp_steps if params is None else max(cfg.gp_steps // 4, 1)
+        gp = GP.fit(*gp_training_set(z, y, cfg.max_points), params, steps=steps)
         params = gp.params
-        best_before = float(y.max())
-        center = z[int(np.argmax(y))]
-        cand = candidates(
-            center, gp, cfg, tr.length if tr else None, rng, loop.evals.top_latents(10)
-        )
-        q = min(cfg.batch_size, cfg.n_candidates)
-        if cfg.acquisition == "ts":
-            batch = _thompson(gp, cand, q, seed * 100_003 + loop.round)
-        else:
-            batch = _ei(gp, cand, q, best_before)
+        top = loop.evals.top_latents(10)
+        length = tr.length if tr else None
+        batch = propose(gp, z, y, top, cfg, length, rng, seed * 100_003 + loop.round)
         t1, before = time.perf_counter(), oracle.n_calls
         scores = loop.evaluate(batch, "bo")
-        log.debug(
-            "round %d: %d points, surrogate + acquisition %.2f s, decode + score %.2f s",
-            loop.round,
-            len(yt),
-            t1 - t0,
-            time.perf_counter() - t1,
-        )
+        log.debug("round %d: surrogate + acquisition %.2f s, decode + score %.2f s",
+                  loop.round, t1 - t0, time.perf_counter() - t1)  # fmt: skip
         if tr is not None:
-            new_best = np.nanmax(scores) if np.isfinite(scores).any() else -np.inf
-            tr.update(new_best > best_before + 1e-3 * abs(best_before), oracle.n_calls - before)
+            best = np.nanmax(scores) if np.isfinite(scores).any() else -np.inf
+            tr.update(best > y.max() + 1e-3 * abs(y.max()), oracle.n_calls - before)
     loop.close()
     return loop

@@ -60,7 +60,7 @@ def constrained_optimize(
     predictor: Predictor | None = None,
     target: int = 0,
     steps: int = 80,
-    lr: float = 0.1,
+    lr: float = 0.02,
     snapshots: int = 20,
     progress: bool = True,
 ) -> tuple[pd.DataFrame, dict]:

@@ -67,7 +67,7 @@ def property_objective(name: str) -> Objective:
     """One RDKit property as an objective; `sa` is negated so that higher is better."""
     name = ALIASES.get(name, name)
     if name not in _SIGN:
-        raise ObjectiveError(f"unknown property {name!r}; known: {sorted(_SIGN)}")
+        raise ObjectiveError(f"objective.name: unknown property {name!r}; known: {sorted(_SIGN)}")
     label = name if _SIGN[name] > 0 else f"-{name}"
     return Objective(_property(name, _SIGN[name]), label, (name,))
 
@@ -100,7 +100,7 @@ def weighted_sum(terms: Mapping[str | Objective, float] | Sequence[tuple]) -> Ob
     """sum_i w_i * objective_i; a term may be a built-in name or an Objective."""
     items = list(terms.items()) if isinstance(terms, Mapping) else [tuple(t) for t in terms]
     if not items:
-        raise ObjectiveError("objective.terms must name at least one objective")
+        raise ObjectiveError("objective.terms must map at least one objective to a weight")
     parts = [(make_objective(o), float(w)) for o, w in items]
 
     def score(smiles: list[str]) -> np.ndarray:
@@ -126,10 +126,10 @@ class Constraint:
     def parse(cls, text: str) -> Constraint:
         m = re.fullmatch(r"\s*(\w+)\s*(>=|<=|>|<)\s*([-+0-9.eE]+)\s*", text)
         if m is None:
-            raise ObjectiveError(f"constraint {text!r} is not of the form 'qed >= 0.6'")
+            raise ObjectiveError(f"objective.constraints: {text!r} is not of the form 'qed >= 0.6'")
         prop = ALIASES.get(m[1], m[1])
         if prop not in chem.PROPERTIES:
-            raise ObjectiveError(f"constraint {text!r}: unknown property {m[1]!r}")
+            raise ObjectiveError(f"objective.constraints: {text!r} names no property ({m[1]!r})")
         return cls(prop, m[2], float(m[3]))
 
     def violation(self, values: np.ndarray) -> np.ndarray:
@@ -210,5 +210,7 @@ def make_objective(
     elif ALIASES.get(spec, spec) in _SIGN:
         obj = property_objective(spec)
     else:
-        raise ObjectiveError(f"unknown objective {spec!r}; built-ins: {sorted(BUILTINS)}")
+        raise ObjectiveError(
+            f"objective.name: unknown objective {spec!r}; built-ins: {sorted(BUILTINS)}"
+        )
     return constrained(obj, constraints, penalty) if constraints else obj
