@@ -40,7 +40,7 @@ clean:
 # The PyTorch MOSES VAE, for the speed comparison in experiments/benchmark.py (never in .venv).
 .venv-peer/.installed:
 	$(PYTHON) -m venv .venv-peer
-	.venv-peer/bin/pip install --disable-pip-version-check -q torch==2.13.0 rdkit numpy pandas scipy six tqdm
+	.venv-peer/bin/pip install --disable-pip-version-check -q torch==2.13.0 rdkit numpy pandas scipy six tqdm matplotlib
 	.venv-peer/bin/pip install --disable-pip-version-check -q --no-deps molsets==0.3.1 fcd-torch==1.0.7
 	@touch $@
 
