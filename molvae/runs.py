@@ -82,17 +82,18 @@ def read_run_info(run_dir: Path) -> tuple[ModelConfig, Vocab, int, dict[str, Any
 # ----------------------------------------------------------------------------- parameters
 
 
-def _flat(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
+def flatten_tree(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
+    """Nested dict of arrays -> {"a/b/c": array}: the key layout of molvae's .npz files."""
     out = {}
     for k, v in tree.items():
         name = f"{prefix}/{k}" if prefix else str(k)
-        out.update(_flat(v, name) if isinstance(v, dict) else {name: np.asarray(v)})
+        out.update(flatten_tree(v, name) if isinstance(v, dict) else {name: np.asarray(v)})
     return out
 
 
 def export_params(model: VAE, path: Path) -> None:
     """Parameters only, as a flat .npz (no pickle): compact and safe to share."""
-    np.savez_compressed(path, **_flat(nnx.to_pure_dict(nnx.state(model, nnx.Param))))
+    np.savez_compressed(path, **flatten_tree(nnx.to_pure_dict(nnx.state(model, nnx.Param))))
 
 
 def import_params(model: VAE, path: Path) -> None:
@@ -103,7 +104,7 @@ def import_params(model: VAE, path: Path) -> None:
     except (OSError, ValueError) as e:
         raise RunFolderError(f"{path}: unreadable parameter file ({e})") from e
     state = nnx.state(model, nnx.Param)
-    expected = _flat(nnx.to_pure_dict(state))
+    expected = flatten_tree(nnx.to_pure_dict(state))
     if set(stored) != set(expected):
         missing, extra = set(expected) - set(stored), set(stored) - set(expected)
         raise RunFolderError(

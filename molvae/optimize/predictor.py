@@ -300,20 +300,12 @@ def _train_split(run_dir: Path | None):
 # ----------------------------------------------------------------------------- save / load
 
 
-def _flat(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
-    out = {}
-    for k, v in tree.items():
-        name = f"{prefix}/{k}" if prefix else str(k)
-        out.update(_flat(v, name) if isinstance(v, dict) else {name: np.asarray(v)})
-    return out
-
-
 def save_predictor(
     predictor: Predictor, run_dir: str | Path, metrics: dict | None = None, name: str = "predictor"
 ) -> Path:
     """run_dir/<name>.npz (arrays) and run_dir/<name>.json (architecture, targets, metrics)."""
     run_dir = Path(run_dir)
-    arrays = _flat(nnx.to_pure_dict(nnx.state(predictor)))
+    arrays = runs.flatten_tree(nnx.to_pure_dict(nnx.state(predictor)))
     tmp = run_dir / f"{name}.tmp.npz"
     np.savez_compressed(tmp, **arrays)
     tmp.replace(run_dir / f"{name}.npz")
@@ -336,7 +328,7 @@ def load_predictor(run_dir: str | Path, name: str = "predictor") -> Predictor:
         raise runs.RunFolderError(f"{meta} / {arr}: not a readable molvae predictor ({e})") from e
     pred = Predictor(cfg, rngs=nnx.Rngs(0))
     state = nnx.state(pred)
-    expected = _flat(nnx.to_pure_dict(state))
+    expected = runs.flatten_tree(nnx.to_pure_dict(state))
     bad = [k for k in expected if k not in stored or stored[k].shape != expected[k].shape]
     if bad or set(stored) != set(expected):
         raise runs.RunFolderError(f"{arr}: arrays do not match {meta} (first: {bad[:3]})")
