@@ -3,6 +3,7 @@ objective=qed optimize=bo optimize.budget=1000 (see conf/optimize_run.yaml for t
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -71,8 +72,50 @@ def _check_constrained(opts: dict[str, Any]) -> dict[str, Any]:
     return opts
 
 
+def make_wandb(cfg: DictConfig, out: Path, name: str) -> Any:
+    """A WandbLogger writing into `out` with logger=wandb (offline by default), else None.
+
+    Not make_logger: an optimization run's per-call record is oracle_calls.csv/history.csv, and
+    a metrics.jsonl appended to by a resumed run would repeat its calls.
+    """
+    if cfg.logger.name == "none":
+        return None
+    from molvae.loggers import WandbLogger
+
+    return WandbLogger(
+        out,
+        OmegaConf.to_container(cfg, resolve=True),
+        project=cfg.logger.project,
+        mode=cfg.logger.mode,
+        name=cfg.get("run_name") or name,
+        group=cfg.logger.group,
+    )
+
+
+def log_search(logger: Any, result: Any, top: Any, out: Path) -> None:
+    """The best-so-far curve (one point per oracle call), the figures and the top-k table."""
+    curve = result.curve(10)  # call, best, top10_mean
+    for row in curve.itertuples(index=False):
+        rec = {"oracle_calls": int(row.call), "best": row.best, "top10_mean": row.top10_mean}
+        # nan until the first valid molecule: left out rather than logged as a string
+        logger.log({"step": int(row.call), **{k: v for k, v in rec.items() if math.isfinite(v)}})
+    logger.log_images({"figures/curve": out / "curve.png", "figures/top": out / "top.png"})
+    logger.log_table("top_molecules", top)
+
+
+def flat_summary(summary: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"counts": {"invalid": 2}} -> {"counts/invalid": 2}; the method's config is left out."""
+    out: dict[str, Any] = {}
+    for k, v in summary.items():
+        if k == "config" and not prefix:
+            continue
+        key = f"{prefix}{k}"
+        out.update(flat_summary(v, f"{key}/") if isinstance(v, dict) else {key: v})
+    return out
+
+
 def run_search(
-    cfg: DictConfig, model, obj, method: str, budget: int, opts: dict, out: Path
+    cfg: DictConfig, model, obj, method: str, budget: int, opts: dict, out: Path, logger: Any = None
 ) -> dict[str, Any]:
     import molvae
     from molvae.optimize import report
@@ -93,6 +136,8 @@ def run_search(
     top.to_csv(out / "top.csv", index=False)
     report.plot_curve(result.history, out / "curve.png", f"{obj.name} / {method}")
     report.plot_grid(top.head(cfg.grid), out / "top.png")
+    if logger is not None:
+        log_search(logger, result, top, out)
     return result.summary()
 
 
@@ -126,16 +171,25 @@ def main(cfg: DictConfig) -> float:
 
     obj = objective_of(cfg.objective)  # every setting is checked before any work starts
     method, budget, opts = method_options(cfg.optimize)
+    if cfg.logger.name not in ("none", "wandb"):
+        raise ValueError(f"logger.name must be none or wandb, got {cfg.logger.name!r}")
     if not (Path(cfg.run_dir) / runs.RUN_JSON).exists():
         raise ValueError(f"run_dir={cfg.run_dir} is not a molvae run folder (no {runs.RUN_JSON})")
     import molvae
 
     out = run_dir()
     model = molvae.load(cfg.run_dir)
-    if method == "constrained":
-        summary = run_constrained(cfg, model, obj, opts, out)
-    else:
-        summary = run_search(cfg, model, obj, method, budget, opts, out)
+    logger = make_wandb(cfg, out, f"{obj.name}-{method}-{cfg.seed}")
+    try:
+        if method == "constrained":
+            summary = run_constrained(cfg, model, obj, opts, out)
+        else:
+            summary = run_search(cfg, model, obj, method, budget, opts, out, logger)
+        if logger is not None:
+            logger.log_summary(flat_summary(summary))
+    finally:
+        if logger is not None:
+            logger.finish()
     runs.write_json_atomic(out / "summary.json", summary)
     log.info("summary: %s", {k: v for k, v in summary.items() if k != "config"})
     log.info("outputs in %s", out)

@@ -32,6 +32,34 @@ class MolVAE:
         self.model, self.vocab, self.max_len = model, vocab, max_len
         self.run_dir, self.config = run_dir, config or {}
         self._dec = sample.Decoder(model, vocab, max_len)
+        self.predictor = None  # a latent property predictor saved in the run folder, if any
+
+    @property
+    def property_names(self) -> tuple[str, ...]:
+        """What the attached predictor predicts (empty without one)."""
+        return tuple(self.predictor.cfg.targets) if self.predictor is not None else ()
+
+    def predict(self, smiles_or_z, return_std: bool = False):
+        """Predicted properties from the attached predictor, a DataFrame (one column per target)
+        for a list of SMILES (rows of invalid ones are nan) or for latents z (n, latent_dim)."""
+        import pandas as pd
+
+        if self.predictor is None:
+            raise ValueError(
+                "this model has no property predictor: train one with "
+                "molvae.optimize.fit_run_predictor or train with train.property_weight > 0"
+            )
+        z = np.asarray(smiles_or_z) if not _is_smiles_list(smiles_or_z) else None
+        if z is None:
+            z = self.encode(list(smiles_or_z), errors="nan")
+        ok = np.isfinite(z).all(1)
+        mean = np.full((len(z), len(self.property_names)), np.nan, np.float32)
+        std = mean.copy()
+        if ok.any():
+            m, s = self.predictor.predict(np.asarray(z[ok], np.float32))
+            mean[ok], std[ok] = np.asarray(m), np.asarray(s)
+        out = pd.DataFrame(mean, columns=list(self.property_names))
+        return (out, pd.DataFrame(std, columns=list(self.property_names))) if return_std else out
 
     @property
     def latent_dim(self) -> int:
@@ -155,7 +183,21 @@ def load(run_dir: str | Path) -> MolVAE:
     model_cfg, vocab, max_len, config = runs.read_run_info(run_dir)
     model = build_model(model_cfg)
     _restore_params(model, run_dir)
-    return MolVAE(model, vocab, max_len, run_dir, config)
+    out = MolVAE(model, vocab, max_len, run_dir, config)
+    if (run_dir / "predictor.json").exists():  # .npz + JSON, checked against each other
+        from molvae.optimize.predictor import load_predictor
+
+        out.predictor = load_predictor(run_dir)
+        if out.predictor.cfg.latent_dim != out.latent_dim:
+            raise runs.RunFolderError(
+                f"{run_dir}/predictor.json: latent_dim {out.predictor.cfg.latent_dim} does not "
+                f"match the model's {out.latent_dim}"
+            )
+    return out
+
+
+def _is_smiles_list(x) -> bool:
+    return isinstance(x, list | tuple) and all(isinstance(s, str) for s in x)
 
 
 def build_model(cfg: ModelConfig, seed: int = 0) -> VAE:

@@ -14,6 +14,7 @@ import pandas as pd
 import selfies as sf
 from rdkit import Chem, RDLogger
 from rdkit.Chem import QED, Crippen, Descriptors, rdFingerprintGenerator
+from rdkit.Chem.MolStandardize import rdMolStandardize
 from rdkit.Contrib.SA_Score import sascorer
 
 RDLogger.DisableLog("rdApp.*")  # invalid molecules are counted by callers, not printed one by one
@@ -44,6 +45,24 @@ def canonical(smiles: str | None, isomeric: bool = True) -> str | None:
     """RDKit canonical SMILES, or None for an invalid molecule."""
     mol = mol_from_smiles(smiles)
     return None if mol is None else Chem.MolToSmiles(mol, isomericSmiles=isomeric)
+
+
+_CHOOSER = None
+
+
+def largest_fragment(smiles: str | None) -> str | None:
+    """Canonical SMILES of the largest organic fragment (salts, counter-ions, solvents dropped).
+
+    RDKit's LargestFragmentChooser(preferOrganic=True): "CC(=O)[O-].[Na+]" -> "CC(=O)[O-]" (no
+    charge is neutralized). A single-fragment molecule comes back canonical; None if invalid.
+    """
+    global _CHOOSER
+    mol = mol_from_smiles(smiles)
+    if mol is None:
+        return None
+    if _CHOOSER is None:
+        _CHOOSER = rdMolStandardize.LargestFragmentChooser(preferOrganic=True)
+    return Chem.MolToSmiles(_CHOOSER.choose(mol)) or None
 
 
 def is_valid(smiles: str | None) -> bool:

@@ -23,8 +23,16 @@ log = logging.getLogger(__name__)
 
 SOURCES = ("moses_sample", "moses", "csv")
 SPLITS = ("train", "test", "test_scaffolds")
-REASONS = ("empty", "invalid_smiles", "selfies_encode_failed", "too_long", "duplicate")
-FORMAT_VERSION = 1  # bump when preprocessing changes: it is part of the cache key
+REASONS = (
+    "empty",
+    "invalid_smiles",
+    "multiple_fragments",
+    "selfies_encode_failed",
+    "too_long",
+    "duplicate",
+)
+FRAGMENT_POLICIES = ("largest", "reject", "keep")
+FORMAT_VERSION = 2  # bump when preprocessing changes: it is part of the cache key
 MOSES_MEMBER = "moses/dataset/data/{}.csv.gz"
 REPORT_COLUMNS = ("split", "line", "smiles", "reason")
 
@@ -47,6 +55,15 @@ class DataConfig:
     seed: int = 0
     n_jobs: int | None = None  # processes for RDKit/SELFIES work (None: all cores)
     cache: bool = True
+    # Salts and mixtures ("CC(=O)[O-].[Na+]", "CCO.CCN"): "largest" keeps the largest organic
+    # fragment (counted as fragments_stripped), "reject" drops them, "keep" keeps dotted SMILES.
+    fragments: str = "largest"
+
+    def __post_init__(self) -> None:
+        if self.fragments not in FRAGMENT_POLICIES:
+            raise DataError(
+                f"data.fragments must be one of {list(FRAGMENT_POLICIES)}, got {self.fragments!r}"
+            )
 
 
 @dataclass
@@ -234,32 +251,42 @@ def read_smiles_file(
 # ----------------------------------------------------------------------------- preprocessing
 
 
-def _preprocess_one(args: tuple[str, int]) -> tuple[str, str, str]:
-    """(raw SMILES, max_len) -> (canonical SMILES, SELFIES, reason); reason '' if kept."""
-    smiles, max_len = args
+def _preprocess_one(args: tuple[str, int, str]) -> tuple[str, str, str, bool]:
+    """(raw SMILES, max_len, fragments policy) -> (canonical SMILES, SELFIES, reason, stripped).
+
+    reason is '' if kept; stripped is True if salts/solvents were dropped ('largest' policy).
+    """
+    smiles, max_len, fragments = args
     if not smiles or not smiles.strip():
-        return "", "", "empty"
+        return "", "", "empty", False
+    multi = False
     try:
         can = chem.canonical(smiles)
+        multi = bool(can) and "." in can  # a canonical SMILES has a '.' iff it is disconnected
+        if multi and fragments == "largest":
+            can = chem.largest_fragment(can)
     except Exception:  # never let one odd molecule kill a long job
         can = None
     if not can:
-        return "", "", "invalid_smiles"
+        return "", "", "invalid_smiles", False
+    if multi and fragments == "reject":
+        return can, "", "multiple_fragments", False
+    stripped = multi and fragments == "largest"
     try:
         sel = sf.encoder(can)
     except Exception:
         sel = None
     if not sel:
-        return can, "", "selfies_encode_failed"
+        return can, "", "selfies_encode_failed", stripped
     if len(list(sf.split_selfies(sel))) > max_len:
-        return can, sel, "too_long"
-    return can, sel, ""
+        return can, sel, "too_long", stripped
+    return can, sel, "", stripped
 
 
 def _finish_split(name, df, results, props, exclude=frozenset()):
     """Drop rejected and duplicate molecules; return the Split, its report rows and its counts."""
     seen, keep, rejected = set(), [], []
-    for i, (can, _, reason) in enumerate(results):
+    for i, (can, _, reason, _) in enumerate(results):
         if not reason and (can in seen or can in exclude):
             reason = "duplicate"
         if reason:
@@ -281,6 +308,7 @@ def _finish_split(name, df, results, props, exclude=frozenset()):
     )
     counts = {"read": len(results), "kept": len(keep)}
     counts.update({r: sum(1 for _, x in rejected if x == r) for r in REASONS})
+    counts["fragments_stripped"] = sum(results[i][3] for i in keep)  # kept molecules only
     return split, report, counts
 
 
@@ -317,7 +345,7 @@ def _build(cfg: DataConfig, files: dict[str, Path]) -> Dataset:
     smiles_column = cfg.smiles_column if cfg.source == "csv" else "SMILES"
     tables = {s: _read_raw(p, smiles_column, cols) for s, p in files.items()}
     parts = _partition(cfg, tables)
-    jobs = [(s, cfg.max_len) for df in parts.values() for s in df["smiles"]]
+    jobs = [(s, cfg.max_len, cfg.fragments) for df in parts.values() for s in df["smiles"]]
     flat = chem.parallel_map(_preprocess_one, jobs, n_jobs=cfg.n_jobs)
     splits, reports, stats, start, exclude = {}, [], {}, 0, frozenset()
     for name, df in parts.items():
@@ -341,7 +369,7 @@ def _build(cfg: DataConfig, files: dict[str, Path]) -> Dataset:
 
 
 def _total(per_split: dict[str, dict]) -> dict[str, int]:
-    keys = ("read", "kept", *REASONS)
+    keys = ("read", "kept", *REASONS, "fragments_stripped")
     return {k: sum(c[k] for c in per_split.values()) for k in keys}
 
 
@@ -366,6 +394,7 @@ def _cache_key(cfg: DataConfig, files: dict[str, Path]) -> str:
         "files": {s: fetch.sha256_file(p) for s, p in files.items()},
         "csv": csv_source,
         "max_len": cfg.max_len,
+        "fragments": cfg.fragments,
         "smiles_column": cfg.smiles_column if csv_source else "SMILES",
         "property_columns": list(cfg.property_columns),
         "test_fraction": cfg.test_fraction if csv_source else None,
@@ -453,8 +482,10 @@ def _source_files(cfg: DataConfig) -> dict[str, Path]:
 
 
 def load_dataset(cfg: DataConfig) -> Dataset:
-    """Read, canonicalize, SELFIES-encode, length-filter and de-duplicate a data source.
+    """Read, canonicalize, strip salts, SELFIES-encode, length-filter and de-duplicate a source.
 
+    Multi-fragment inputs (salts, mixtures) follow `cfg.fragments`; with "largest" the number of
+    kept molecules whose extra fragments were dropped is stats[split]["fragments_stripped"].
     Rejected inputs are listed in `report` and counted in `stats` (per split, per reason, and
     'total'). For a csv source, a test molecule that is also in train counts as a duplicate, so
     the random split never leaks. Results are cached under <cache_dir>/preprocessed/, keyed by
@@ -482,7 +513,7 @@ def _log_summary(ds: Dataset, seconds: float) -> None:
     parts = []
     for name in [*_split_names(ds)]:
         c = ds.stats[name]
-        why = ", ".join(f"{r} {c[r]}" for r in REASONS if c[r])
+        why = ", ".join(f"{r} {c[r]}" for r in (*REASONS, "fragments_stripped") if c[r])
         parts.append(f"{name} {c['kept']}/{c['read']}" + (f" ({why})" if why else ""))
     rate = ds.stats["total"]["read"] / max(ds.stats["seconds"], 1e-9)
     origin = "from cache" if ds.stats["cache_hit"] else f"{rate:.0f} mol/s"

@@ -114,6 +114,10 @@ class WandbLogger:
             )
         self.run.log({name: table})
 
+    def log_summary(self, values: dict[str, Any]) -> None:
+        """Final values of the run (wandb's run summary: the runs table), not a series."""
+        self.run.summary.update({k: _clean(v) for k, v in values.items()})
+
     def finish(self) -> None:
         self.run.finish()
 

@@ -62,8 +62,23 @@ class TrainConfig:
     seed: int = 0
     progress: bool = True
     param_sharding: str = "replicated"  # replicated | fsdp (large arrays split over devices)
+    # Joint training (Gomez-Bombarelli et al. 2018): an MLP on the latent means predicts these
+    # properties and its loss, times property_weight, is added to the ELBO. 0 switches it off.
+    property_weight: float = 0.0
+    property_targets: tuple[str, ...] = ("qed", "logp", "sa")
+    property_hidden: tuple[int, ...] = (128, 128)
+    property_models: int = 1  # ensemble members of the jointly trained predictor
 
     def __post_init__(self) -> None:
+        # Hydra hands lists; keep the config hashable and comparable.
+        object.__setattr__(self, "property_targets", tuple(self.property_targets))
+        object.__setattr__(self, "property_hidden", tuple(int(h) for h in self.property_hidden))
+        if self.property_weight < 0:
+            raise ValueError(f"train.property_weight must be >= 0, got {self.property_weight}")
+        if self.property_weight > 0 and not self.property_targets:
+            raise ValueError("train.property_targets is empty but train.property_weight > 0")
+        if self.property_models < 1 or any(h < 1 for h in self.property_hidden):
+            raise ValueError("train.property_models and train.property_hidden must be positive")
         for name in (
             "steps",
             "batch_size",
@@ -161,6 +176,12 @@ def elbo_terms(
     free_bits: float,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Loss = E[recon] + beta * KL (with optional free bits); weights (B,) mask padding rows."""
+    loss, aux, _ = _elbo(model, tokens, lengths, weights, key, beta, free_bits)
+    return loss, aux
+
+
+def _elbo(model, tokens, lengths, weights, key, beta, free_bits):
+    """elbo_terms plus the posterior means (for the joint property loss)."""
     logits, mu, logvar = model(tokens, lengths, key)
     recon, hits, count = sequence_nll(logits, tokens[:, 1:], lengths)
     kl_dim = gaussian_kl(mu, logvar)  # (B, Z)
@@ -176,7 +197,7 @@ def elbo_terms(
         "beta": beta,
         "token_acc": jnp.sum(hits * weights) / jnp.maximum(jnp.sum(count * weights), 1),
     }
-    return loss, aux
+    return loss, aux, mu
 
 
 # ----------------------------------------------------------------------------- steps
@@ -199,6 +220,37 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: TrainConfig):
         aux["grad_norm"] = optax.tree.norm(grads)
         opt.update(model, grads)
         return nnx.state((model, opt)), aux
+
+    return train_step
+
+
+def make_joint_train_step(graphdef: nnx.GraphDef, cfg: TrainConfig):
+    """Train step for state (model, opt, predictor, predictor_opt): ELBO + weighted property
+    loss of the predictor on the posterior means; gradients reach the encoder through mu."""
+    from molvae.models.predictor import property_loss
+
+    @jax.jit
+    def train_step(state, tokens, lengths, weights, y, key):
+        model, opt, pred, popt = nnx.merge(graphdef, state)
+        step = opt.step[...]
+        beta = kl_weight(step, cfg)
+        k = jax.random.fold_in(key, step)
+        mask = jnp.isfinite(y) * weights[:, None]  # missing properties and padding rows: 0
+
+        def loss_fn(m, p):
+            loss, aux, mu = _elbo(m, tokens, lengths, weights, k, beta, cfg.free_bits)
+            prop = property_loss(p, mu, y, mask)
+            aux["prop_loss"] = prop
+            aux["loss"] = loss + cfg.property_weight * prop
+            return aux["loss"], aux
+
+        (_, aux), (g_model, g_pred) = nnx.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
+            model, pred
+        )
+        aux["grad_norm"] = optax.tree.norm((g_model, g_pred))
+        opt.update(model, g_model)
+        popt.update(pred, g_pred)
+        return nnx.state((model, opt, pred, popt)), aux
 
     return train_step
 
@@ -270,11 +322,15 @@ class Batches:
         batches = np.concatenate(chunks).reshape(self.per_epoch, self.bs)
         return batches[rng.permutation(self.per_epoch)]
 
-    def __call__(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+    def indices(self, step: int) -> np.ndarray:
+        """Row indices of batch `step` into the training arrays."""
         epoch, i = divmod(step, self.per_epoch)
         if self._epoch is None or self._epoch[0] != epoch:
             self._epoch = (epoch, self.epoch_order(epoch))
-        idx = self._epoch[1][i]
+        return self._epoch[1][i]
+
+    def __call__(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        idx = self.indices(step)
         lengths = self.lengths[idx]
         width = bucket_width(int(lengths.max()) + 1, self.tokens.shape[1])  # + bos
         return self.tokens[idx, :width], lengths
@@ -303,40 +359,38 @@ def checkpoint_manager(run_dir: Path, cfg: TrainConfig) -> ocp.CheckpointManager
     return ocp.CheckpointManager((run_dir / "checkpoints").absolute(), options=opts)
 
 
+# Checkpoint items, in the order of the training state tuple (a joint run has all four).
+STATE_ITEMS = ("params", "opt", "predictor", "predictor_opt")
+
+
 def save_checkpoint(mngr: ocp.CheckpointManager, step: int, state: nnx.State, meta: dict) -> None:
-    params = nnx.to_pure_dict(state[0])
-    opt = nnx.to_pure_dict(state[1])
-    mngr.save(
-        step,
-        args=ocp.args.Composite(
-            params=ocp.args.StandardSave(params),
-            opt=ocp.args.StandardSave(opt),
-            meta=ocp.args.JsonSave(meta),
-        ),
-        force=True,
-    )
+    items = {
+        name: ocp.args.StandardSave(nnx.to_pure_dict(state[i]))
+        for i, name in enumerate(STATE_ITEMS[: len(state)])
+    }
+    mngr.save(step, args=ocp.args.Composite(**items, meta=ocp.args.JsonSave(meta)), force=True)
     mngr.wait_until_finished()
 
 
 def restore_into(mngr: ocp.CheckpointManager, step: int, state: nnx.State, with_opt: bool = True):
-    """Restore checkpoint `step` into the structure of `state` ((params, opt) or params)."""
+    """Restore checkpoint `step` into the structure of `state`: the training state tuple
+    ((params, opt) or, for joint training, (params, opt, predictor, predictor_opt)), or, with
+    with_opt=False, the model's state alone."""
     target = state if with_opt else (state,)
     abstract = lambda s: jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.to_pure_dict(s))  # noqa: E731
     items = {
-        "params": ocp.args.StandardRestore(abstract(target[0])),
-        "meta": ocp.args.JsonRestore(),
+        name: ocp.args.StandardRestore(abstract(target[i]))
+        for i, name in enumerate(STATE_ITEMS[: len(target)])
     }
-    if with_opt:
-        items["opt"] = ocp.args.StandardRestore(abstract(target[1]))
+    items["meta"] = ocp.args.JsonRestore()
     try:
         got = mngr.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:  # noqa: BLE001 - orbax raises many types; name the folder instead
         raise CheckpointError(
             f"cannot restore checkpoint {mngr.directory}/{step}: {type(e).__name__}: {e}"
         ) from e
-    nnx.replace_by_pure_dict(target[0], got["params"])
-    if with_opt:
-        nnx.replace_by_pure_dict(target[1], got["opt"])
+    for i, name in enumerate(STATE_ITEMS[: len(target)]):
+        nnx.replace_by_pure_dict(target[i], got[name])
     return got["meta"]
 
 
@@ -349,6 +403,7 @@ class TrainResult:
     step: int
     history: list[dict[str, Any]] = field(default_factory=list)
     final_eval: dict[str, float] = field(default_factory=dict)
+    predictor: Any = None  # the jointly trained Predictor (train.property_weight > 0)
 
 
 def pad_rows(x: np.ndarray, n: int) -> np.ndarray:
@@ -382,10 +437,26 @@ def train(
     run_dir: str | Path,
     logger: Logger,
     extra_meta: dict | None = None,
+    properties: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> TrainResult:
-    """Train a VAE on token arrays, checkpointing into run_dir and resuming from it if present."""
+    """Train a VAE on token arrays, checkpointing into run_dir and resuming from it if present.
+
+    Joint training (cfg.property_weight > 0) needs `properties`: float arrays (n_train, T) and
+    (n_val, T) of cfg.property_targets, nan where unknown. The predictor is saved at the end as
+    run_dir/predictor.{json,npz}, where molvae.load and the optimizers find it.
+    """
     run_dir = Path(run_dir)
     tokens, lengths = train_data
+    joint = cfg.property_weight > 0
+    if joint:
+        if properties is None:
+            raise ValueError("train.property_weight > 0 needs property values for the molecules")
+        y_train = np.asarray(properties[0], np.float32)
+        if y_train.shape != (len(tokens), len(cfg.property_targets)):
+            raise ValueError(
+                f"properties {y_train.shape} do not match {len(tokens)} molecules x "
+                f"{len(cfg.property_targets)} targets {cfg.property_targets}"
+            )
     max_len = tokens.shape[1] - 2
 
     # -- mesh: data parallel over every device; a no-op on one device ---------------------------
@@ -399,7 +470,13 @@ def train(
     opt = nnx.Optimizer(model, make_tx(cfg), wrt=nnx.Param)
     n_params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
     log.info("model: %s parameters, %s", f"{n_params:,}", model_cfg)
-    graphdef, state = nnx.split((model, opt))
+    if joint:
+        pred = _joint_predictor(model_cfg, cfg, y_train)
+        graphdef, state = nnx.split(
+            (model, opt, pred, nnx.Optimizer(pred, make_tx(cfg), wrt=nnx.Param))
+        )
+    else:
+        graphdef, state = nnx.split((model, opt))
 
     # -- resume ----------------------------------------------------------------------------------
     mngr = checkpoint_manager(run_dir, cfg)
@@ -412,7 +489,7 @@ def train(
     truncate_jsonl(run_dir / runs.METRICS_JSONL, start if latest is not None else -1)
     state = jax.device_put(state, state_sharding(state, mesh, cfg.param_sharding))
 
-    train_step = make_train_step(graphdef, cfg)
+    train_step = (make_joint_train_step if joint else make_train_step)(graphdef, cfg)
     model_graphdef = nnx.split(model)[0]
     eval_step = make_eval_step(model_graphdef, max_len)
     batches = Batches(tokens, lengths, cfg.batch_size, cfg.seed)
@@ -441,13 +518,8 @@ def train(
         while step < cfg.steps:
             t, l_ = batches(step)
             w = np.ones(len(t), np.float32)
-            state, aux = train_step(
-                state,
-                jax.device_put(t, data_sh),
-                jax.device_put(l_, data_sh),
-                jax.device_put(w, data_sh),
-                base_key,
-            )
+            args = [t, l_, w] + ([y_train[batches.indices(step)]] if joint else [])
+            state, aux = train_step(state, *(jax.device_put(a, data_sh) for a in args), base_key)
             pending.append(aux)
             step += 1
             n_last += len(t)
@@ -472,15 +544,59 @@ def train(
                 if is_ckpt:
                     checkpoint(step)
     bar.close()
-    model, _ = nnx.merge(graphdef, jax.device_get(state))
+    model, _, *joint_parts = nnx.merge(graphdef, jax.device_get(state))
     final = {k: v for k, v in history[-1].items() if k.startswith("val_")} if history else {}
+    pred = None
+    if joint:
+        pred = joint_parts[0]
+        y_val = np.asarray(properties[1], np.float32)[: cfg.eval_size]
+        scores = _save_joint_predictor(model, pred, (val_t, val_l), y_val, cfg, run_dir)
+        final.update(scores)
+        logger.log({"step": step, **scores})
     log.info(
         "trained to step %d in %.1f s; %s",
         step,
         time.perf_counter() - t0,
         json.dumps({k: round(v, 4) for k, v in final.items()}),
     )
-    return TrainResult(model=model, step=step, history=history, final_eval=final)
+    return TrainResult(model=model, step=step, history=history, final_eval=final, predictor=pred)
+
+
+def _joint_predictor(model_cfg: ModelConfig, cfg: TrainConfig, y: np.ndarray):
+    """A fresh predictor whose output scaling is the training targets' mean and spread."""
+    from molvae.models.predictor import Predictor, PredictorConfig
+
+    pcfg = PredictorConfig(
+        latent_dim=model_cfg.latent_dim,
+        targets=cfg.property_targets,
+        hidden=cfg.property_hidden,
+        n_models=cfg.property_models,
+    )
+    pred = Predictor(pcfg, rngs=nnx.Rngs(cfg.seed + 2))
+    ok = np.isfinite(y)
+    if not ok.any(0).all():
+        missing = [t for t, o in zip(cfg.property_targets, ok.any(0), strict=True) if not o]
+        raise ValueError(f"no training molecule has a value for property {missing}")
+    pred.y_mean[...] = jnp.asarray(np.nanmean(y, 0), jnp.float32)
+    pred.y_std[...] = jnp.asarray(np.maximum(np.nanstd(y, 0), 1e-6), jnp.float32)
+    return pred
+
+
+def _save_joint_predictor(model, pred, val, y_val, cfg: TrainConfig, run_dir: Path) -> dict:
+    """Held-out R^2 / MAE of the joint predictor on latent means; saves it into the run."""
+    from molvae.optimize.predictor import regression_metrics, save_predictor
+
+    encode = jax.jit(lambda t, l_: model.encode(t, l_)[0])
+    mus = [np.asarray(encode(val[0][i : i + 512], val[1][i : i + 512]))
+           for i in range(0, len(val[0]), 512)]  # fmt: skip
+    mu = np.concatenate(mus) if mus else np.zeros((0, model.cfg.latent_dim), np.float32)
+    pm, _ = pred.predict(jnp.asarray(mu))
+    metrics = regression_metrics(y_val[: len(mu)], np.asarray(pm), cfg.property_targets)
+    save_predictor(pred, run_dir, {"joint": True, "validation": metrics})
+    log.info("joint predictor (held out): %s", json.dumps(metrics))
+    return {
+        f"val_{t}_{k}": v for t, m in metrics.items() for k, v in m.items() if k in ("r2", "mae")
+    }
 
 
 def _flush(pending: list[dict[str, jax.Array]], step: int, cfg: TrainConfig) -> dict[str, Any]:
@@ -518,9 +634,17 @@ def train_and_evaluate(
 ) -> TrainResult:
     """Load and preprocess data, fit (or reload) the vocabulary, write run.json, train."""
     from molvae import data as data_mod
+    from molvae.chem import PROPERTIES
     from molvae.vocab import UnknownSymbolError, Vocab
 
     run_dir = Path(run_dir)
+    if cfg.property_weight > 0:  # fail before the data work starts
+        known = set(PROPERTIES) | set(data_cfg.property_columns)
+        if unknown := [t for t in cfg.property_targets if t not in known]:
+            raise ValueError(
+                f"train.property_targets {unknown}: not a data property column "
+                f"{list(data_cfg.property_columns)} nor a known property {sorted(PROPERTIES)}"
+            )
     run_dir.mkdir(parents=True, exist_ok=True)
     ds = data_mod.load_dataset(data_cfg)
     data_mod.write_report(ds, run_dir)
@@ -530,11 +654,12 @@ def train_and_evaluate(
     max_len = data_cfg.max_len
     train_arr = vocab.encode_batch(ds.train.selfies, max_len, ds.train.smiles)
     # Test molecules with a symbol never seen in training cannot be scored; count them.
-    keep, skipped = [], 0
-    for s, m in zip(ds.test.selfies, ds.test.smiles, strict=True):
+    keep, keep_rows, skipped = [], [], 0
+    for i, (s, m) in enumerate(zip(ds.test.selfies, ds.test.smiles, strict=True)):
         try:
             vocab.encode(s, m)
             keep.append(s)
+            keep_rows.append(i)
         except UnknownSymbolError:
             skipped += 1
     if skipped:
@@ -558,4 +683,33 @@ def train_and_evaluate(
         len(vocab),
         max_len,
     )
-    return train(model_cfg, cfg, train_arr, val_arr, run_dir, logger)
+    props = None
+    if cfg.property_weight > 0:
+        val_rows = keep_rows[: cfg.eval_size]
+        props = (
+            property_table(ds.train, cfg.property_targets),
+            property_table(ds.test, cfg.property_targets)[val_rows],
+        )
+    return train(model_cfg, cfg, train_arr, val_arr, run_dir, logger, properties=props)
+
+
+def property_table(split, targets: tuple[str, ...]) -> np.ndarray:
+    """(n, T) float32 values of `targets` for a data split: the split's own property columns
+    (a user's CSV) where they exist, else computed with RDKit; nan where unknown."""
+    from molvae import chem
+
+    have = split.properties if split.properties is not None else None
+    from_file = [t for t in targets if have is not None and t in have.columns]
+    computed = [t for t in targets if t not in from_file]
+    unknown = [t for t in computed if t not in chem.PROPERTIES]
+    if unknown:
+        raise ValueError(
+            f"train.property_targets {unknown} are neither data property columns nor known "
+            f"properties ({sorted(chem.PROPERTIES)})"
+        )
+    table = chem.properties(split.smiles, computed) if computed else None
+    cols = [
+        (have[t] if t in from_file else table[t]).to_numpy(np.float64).astype(np.float32)
+        for t in targets
+    ]
+    return np.stack(cols, 1) if cols else np.zeros((len(split), 0), np.float32)

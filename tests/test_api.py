@@ -93,3 +93,34 @@ def test_encode_with_errors_nan_keeps_rows_aligned(model):
     assert z.shape == (4, model.latent_dim)
     assert np.isnan(z).any(1).tolist() == [False, True, False, True]
     np.testing.assert_allclose(z[[0, 2]], model.encode(["CCO", "c1ccccc1"]), atol=1e-6)
+
+
+def test_load_attaches_a_saved_predictor(tiny_run, tmp_path):
+    from flax import nnx
+
+    from molvae.models.predictor import Predictor, PredictorConfig
+    from molvae.optimize import save_predictor
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    assert molvae.load(run).predictor is None
+    latent = molvae.load(run).latent_dim
+    pred = Predictor(PredictorConfig(latent, ("qed", "logp")), rngs=nnx.Rngs(0))
+    save_predictor(pred, run)
+    m = molvae.load(run)
+    assert m.property_names == ("qed", "logp")
+    table = m.predict(["CCO", "not a smiles", "c1ccccc1"])
+    assert list(table.columns) == ["qed", "logp"] and len(table) == 3
+    assert table.iloc[1].isna().all() and table.drop(index=1).notna().all().all()
+    z = m.encode(["CCO"])
+    mean, std = m.predict(z, return_std=True)
+    np.testing.assert_allclose(mean.to_numpy(), table.iloc[[0]].to_numpy(), rtol=1e-5)
+    assert (std.to_numpy() >= 0).all()
+    # a predictor for another latent size is refused, naming the file
+    other = Predictor(PredictorConfig(latent + 1, ("qed",)), rngs=nnx.Rngs(0))
+    save_predictor(other, run)
+    with pytest.raises(runs.RunFolderError, match="predictor.json"):
+        molvae.load(run)
+    shutil.rmtree(tmp_path / "run")
+    with pytest.raises(ValueError, match="no property predictor"):
+        molvae.load(tiny_run).predict(["CCO"])

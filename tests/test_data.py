@@ -119,6 +119,74 @@ def test_bad_config(tmp_path):
         load_dataset(DataConfig(source="zinc"))
 
 
+# One salt, one mixture, a hydrochloride, a hydrate of a molecule already in the file, 2 plain.
+SALTS = (
+    b"SMILES\n"
+    b"CCO\n"  # line 2
+    b"CC(=O)[O-].[Na+]\n"  # 3 sodium acetate
+    b"CCO.CCN\n"  # 4 mixture
+    b"Cl.CN1CCC(CC1)c1ccccc1\n"  # 5 hydrochloride
+    b"OCC.O\n"  # 6 ethanol hydrate
+    b"c1ccccc1\n"  # 7
+)
+
+
+@pytest.mark.parametrize(
+    ("policy", "smiles", "reasons", "stripped"),
+    [
+        (
+            "largest",
+            ["CCO", "CC(=O)[O-]", "CCN", "CN1CCC(c2ccccc2)CC1", "c1ccccc1"],
+            {6: "duplicate"},  # ethanol once its water is gone
+            3,
+        ),
+        ("reject", ["CCO", "c1ccccc1"], dict.fromkeys([3, 4, 5, 6], "multiple_fragments"), 0),
+        (
+            "keep",
+            ["CCO", "CC(=O)[O-].[Na+]", "CCN.CCO", "CN1CCC(c2ccccc2)CC1.Cl", "CCO.O", "c1ccccc1"],
+            {},
+            0,
+        ),
+    ],
+)
+def test_fragments_policy(tmp_path, policy, smiles, reasons, stripped):
+    ds = _load(_csv(tmp_path, SALTS), fragments=policy)
+    assert ds.train.smiles == smiles
+    assert ds.train.selfies == [chem.smiles_to_selfies(s) for s in smiles]
+    assert dict(zip(ds.report["line"], ds.report["reason"], strict=True)) == reasons
+    counts = ds.stats["train"]
+    assert counts["read"] == 6 and counts["kept"] == len(smiles)
+    assert counts["fragments_stripped"] == stripped == ds.stats["total"]["fragments_stripped"]
+    assert counts["multiple_fragments"] == (4 if policy == "reject" else 0)
+    cached = _load(_csv(tmp_path, SALTS), fragments=policy)  # the policy is in the cache key
+    assert cached.stats["cache_hit"] is True and cached.train.smiles == smiles
+    assert {k: v for k, v in cached.stats.items() if k != "cache_hit"} == {
+        k: v for k, v in ds.stats.items() if k != "cache_hit"
+    }
+    pd.testing.assert_frame_equal(cached.report, ds.report)
+
+
+def test_fragments_stripped_in_report_and_log(tmp_path, caplog):
+    with caplog.at_level("INFO", logger="molvae.data"):
+        ds = _load(_csv(tmp_path, SALTS))
+    assert "duplicate 1, fragments_stripped 3" in caplog.text
+    data.write_report(ds, tmp_path / "run")
+    stats = json.loads((tmp_path / "run" / "data_stats.json").read_text())
+    assert stats["train"]["fragments_stripped"] == stats["total"]["fragments_stripped"] == 3
+
+
+def test_largest_fragment():
+    assert chem.largest_fragment("CC(=O)[O-].[Na+]") == "CC(=O)[O-]"  # organic parent, charged
+    assert chem.largest_fragment("[Na+].[Cl-]") == "[Cl-]"
+    assert chem.largest_fragment("OCC") == "CCO"
+    assert chem.largest_fragment("not_a_smiles") is None
+
+
+def test_fragments_policy_invalid():
+    with pytest.raises(DataError, match=r"data\.fragments must be one of .*'largest'.*'strip'"):
+        DataConfig(fragments="strip")
+
+
 def test_smi_without_header(tmp_path):
     path = _csv(tmp_path, b"CCO ethanol\nc1ccccc1\tbenzene\n\n  C1CC1  \n", "mols.smi.gz")
     df = read_smiles_file(path)

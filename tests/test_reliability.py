@@ -1,10 +1,19 @@
-"""Faults and untrusted files: corrupted checkpoints, half-written ones, foreign run folders."""
+"""Faults and untrusted files: corrupted checkpoints, half-written ones, foreign run folders,
+and a training process killed with SIGKILL."""
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 import molvae
 from molvae import runs
@@ -58,3 +67,86 @@ def test_half_written_checkpoint_is_ignored(tiny_run, tmp_path, caplog):
     with caplog.at_level("WARNING"):
         np.testing.assert_array_equal(molvae.load(run).encode(["CCO"]), before)
     assert "half-written checkpoint" in caplog.text and half.name in caplog.text
+
+
+# A tiny run with a checkpoint every 3 steps, so a kill after the first one lands mid-run.
+STEPS, EVERY = 24, 3
+KILL_RUN = (
+    "experiment=smoke",
+    "train.progress=false",
+    f"train.steps={STEPS}",
+    f"train.ckpt_every={EVERY}",
+    f"train.log_every={EVERY}",
+    "train.eval_every=12",
+)
+
+
+def _train_cmd(root: Path, out: Path) -> tuple[list[str], dict[str, str]]:
+    cmd = [sys.executable, str(root / "experiments" / "train.py"), *KILL_RUN]
+    env = {
+        **os.environ,  # MOLVAE_CACHE from conftest: the tests' data cache
+        "HYDRA_FULL_ERROR": "1",
+        "JAX_COMPILATION_CACHE_DIR": os.environ.get(
+            "JAX_COMPILATION_CACHE_DIR", str(root / ".cache" / "jax")
+        ),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5",
+    }
+    return [*cmd, f"hydra.run.dir={out}"], env
+
+
+def _train(root: Path, out: Path) -> str:
+    cmd, env = _train_cmd(root, out)
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"train.py failed:\n{log[-4000:]}"
+    return log
+
+
+def _steps(run: Path) -> list[int]:
+    return sorted(int(p.name) for p in (run / runs.CHECKPOINTS).glob("*") if p.name.isdigit())
+
+
+def _records(run: Path) -> list[dict]:
+    drop = ("mol_per_s", "time")  # wall-clock values differ between runs
+    lines = (run / runs.METRICS_JSONL).read_text().splitlines()
+    return [{k: v for k, v in json.loads(x).items() if k not in drop} for x in lines]
+
+
+def _params(run: Path) -> dict[str, np.ndarray]:
+    state = nnx.state(molvae.load(run).model, nnx.Param)
+    return runs.flatten_tree(jax.device_get(nnx.to_pure_dict(state)))
+
+
+@pytest.mark.slow  # three train.py processes: ~1 min on 2 busy cores
+def test_sigkill_mid_run_resumes_to_the_uninterrupted_parameters(root, tmp_path):
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    _train(root, full)
+
+    cmd, env = _train_cmd(root, killed)
+    with open(tmp_path / "killed.log", "w") as out:
+        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 300
+            while not ((killed / runs.CHECKPOINTS).is_dir() and _steps(killed)):
+                assert proc.poll() is None, (tmp_path / "killed.log").read_text()[-4000:]
+                assert time.monotonic() < deadline, "no checkpoint after 300 s"
+                time.sleep(0.01)
+            os.kill(proc.pid, signal.SIGKILL)
+        finally:
+            proc.kill()  # no-op once it is dead; never leave it running if an assert fired
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    at_kill = _steps(killed)
+    assert at_kill and at_kill[-1] < STEPS, f"the kill came too late: checkpoints {at_kill}"
+
+    log = _train(root, killed)  # the same command again: resumes from the last checkpoint
+    assert f"resumed from checkpoint at step {at_kill[-1]}\n" in log
+    assert _steps(killed)[-1] == _steps(full)[-1] == STEPS
+
+    a, b = _params(full), _params(killed)
+    assert a.keys() == b.keys() and a
+    for name in a:
+        np.testing.assert_array_equal(b[name], a[name], err_msg=name)
+    recs = _records(killed)
+    assert [r["step"] for r in recs] == list(range(EVERY, STEPS + 1, EVERY))  # once each
+    assert recs == _records(full)
