@@ -155,14 +155,11 @@ def run_constrained(cfg: DictConfig, model, obj, opts: dict, out: Path) -> dict:
 
 def _test_smiles(model) -> list[str]:
     from molvae import runs
-    from molvae.data import DataConfig, load_dataset
 
-    *_, config = runs.read_run_info(Path(model.run_dir))
-    known = set(DataConfig.__dataclass_fields__)
-    data = {
-        k: tuple(v) if isinstance(v, list) else v for k, v in config["data"].items() if k in known
-    }
-    return load_dataset(DataConfig(**data)).test.smiles
+    ds = runs.dataset_of_run(Path(model.run_dir))
+    if ds is None:
+        raise ValueError(f"{model.run_dir}: no data config in run.json; no test molecules")
+    return ds.test.smiles
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="optimize_run")

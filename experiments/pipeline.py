@@ -32,6 +32,8 @@ def main(cfg: DictConfig) -> float:
         scores = runs.evaluate_run(
             out, cfg.evaluate.reference, cfg.evaluate.metrics, cfg.evaluate.n_jobs
         )
+        like = runs.test_likelihood(out, n=cfg.evaluate.likelihood_n, model=model)
+        scores |= {k: like[k] for k in ("nll_nats", "nll_bits", "rate_bits", "distortion_bits")}
         logger.log({"step": result.step, **{f"eval/{k}": v for k, v in scores.items()}})
         report.write_report(out)
         logger.log_artifacts(out, samples)

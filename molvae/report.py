@@ -112,6 +112,7 @@ def write_report(run_dir: Path, n_grid: int = 24, n_latent: int = 2000) -> Path:
     samples = _read_samples(run_dir / runs.SAMPLES_CSV)
     lines = [f"# Run report: `{run_dir.name}`", "", f"Run folder: `{run_dir.resolve()}`", ""]
     lines += _metrics_section(run_dir)
+    lines += _likelihood_section(run_dir)
     lines += _training_section(run_dir, records, inputs)
     lines += _samples_section(run_dir, samples, n_grid)
     lines += _properties_section(run_dir, samples, inputs)
@@ -161,15 +162,10 @@ def _num(s: pd.Series) -> pd.Series:
 
 def _test_subset(run_dir: Path, n: int) -> pd.DataFrame:
     """A seeded subset of the run's test split with its RDKit properties."""
-    from molvae.data import DataConfig, load_dataset
-
-    *_, config = runs.read_run_info(run_dir)
-    data = dict(config.get("data") or {})
-    if not data:
+    ds = runs.dataset_of_run(run_dir)
+    if ds is None:
         raise runs.RunFolderError(f"{run_dir / runs.RUN_JSON}: no data config")
-    known = set(DataConfig.__dataclass_fields__)
-    data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known}
-    test = load_dataset(DataConfig(**data)).test
+    test = ds.test
     if not test.smiles:
         raise runs.RunFolderError(f"{run_dir}: the run's test split is empty")
     rng = np.random.default_rng(0)
@@ -280,6 +276,32 @@ def _metrics_section(run_dir: Path) -> list[str]:
     lines += [
         f"Baselines: {MOSES_CITATION} '—': not computed. logP, SA, QED and weight (if present) "
         "are Wasserstein-1 distances to the test set's property distributions.",
+        "",
+    ]
+    return lines
+
+
+def _likelihood_section(run_dir: Path) -> list[str]:
+    lines = ["## Likelihood and compression (held-out molecules)", ""]
+    path = run_dir / runs.LIKELIHOOD_JSON
+    if not path.exists():
+        return lines + _note(
+            f"No {runs.LIKELIHOOD_JSON}: run `molvae.runs.test_likelihood(run_dir)` "
+            "(the pipeline does)."
+        )
+    like = json.loads(path.read_text(encoding="utf-8"))
+    rows = [
+        ["NLL (importance-weighted bound)", like["nll_nats"], like["nll_bits"]],
+        ["rate: KL(q(z|x) || p(z))", like["rate_nats"], like["rate_bits"]],
+        ["distortion: E_q[-log p(x|z)]", like["distortion_nats"], like["distortion_bits"]],
+        ["negative ELBO (rate + distortion)", -like["elbo_nats"], -like["elbo_nats"] / np.log(2)],
+    ]
+    lines += _table(["per molecule", "nats", "bits"], rows)
+    lines += [
+        f"{like['n']} test molecules, k = {like['k']} importance samples "
+        f"({like['skipped_out_of_vocabulary']} skipped: symbols outside the vocabulary). "
+        "`model.log_likelihood(smiles)` gives the per-molecule value: a low one flags a molecule "
+        "unlike the training data.",
         "",
     ]
     return lines

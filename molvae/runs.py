@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 RUN_FORMAT = "molvae-run-1"
 RUN_JSON, VOCAB_JSON, METRICS_JSONL = "run.json", "vocab.json", "metrics.jsonl"
+LIKELIHOOD_JSON = "likelihood.json"
 SAMPLES_CSV, EVAL_JSON, PARAMS_NPZ, CHECKPOINTS = (
     "samples.csv",
     "metrics.json",
@@ -152,17 +153,60 @@ def read_samples(run_dir: Path, name: str = SAMPLES_CSV) -> list[str]:
     return [str(s) for s in df["smiles"]]
 
 
-def train_smiles_of_run(run_dir: Path) -> list[str] | None:
-    """The canonical training SMILES a run was trained on (from the preprocessing cache)."""
+def dataset_of_run(run_dir: Path):
+    """The preprocessed Dataset a run was trained on (rebuilt from run.json's data config and
+    the preprocessing cache), or None if the run records no data config."""
     from molvae.data import DataConfig, load_dataset
 
-    *_, config = read_run_info(run_dir)
+    *_, config = read_run_info(Path(run_dir))
     data = dict(config.get("data") or {})
     if not data:
         return None
     known = set(DataConfig.__dataclass_fields__)
     data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known}
-    return load_dataset(DataConfig(**data)).train.smiles
+    return load_dataset(DataConfig(**data))
+
+
+def train_smiles_of_run(run_dir: Path) -> list[str] | None:
+    """The canonical training SMILES a run was trained on (from the preprocessing cache)."""
+    ds = dataset_of_run(run_dir)
+    return None if ds is None else ds.train.smiles
+
+
+def test_likelihood(
+    run_dir: Path, n: int = 2000, k: int = 64, seed: int = 0, model: Any = None
+) -> dict[str, float]:
+    """Held-out compression: the run's first n test molecules scored by the importance-weighted
+    bound (k samples). Writes likelihood.json: mean NLL per molecule in nats and bits, and the
+    ELBO's split into rate (KL(q(z|x) || p(z))) and distortion (E_q[-log p(x|z)])."""
+    import molvae
+
+    run_dir = Path(run_dir)
+    ds = dataset_of_run(run_dir)
+    if ds is None:
+        raise RunFolderError(f"{run_dir}: no data config in {RUN_JSON}; no test set to score")
+    model = model or molvae.load(run_dir)
+    test = ds.test.smiles[:n]
+    z = model.encode(test, errors="nan")  # symbols outside the vocabulary cannot be scored
+    ok = [s for s, row in zip(test, np.isfinite(z).all(1), strict=True) if row]
+    out = model.log_likelihood(ok, k=k, seed=seed, details=True)
+    nats = float(-np.mean(out["log_likelihood"])) if ok else float("nan")
+    rate, dist = float(np.mean(out["rate"])), float(np.mean(out["distortion"]))
+    ln2 = float(np.log(2.0))
+    scores = {
+        "n": len(ok),
+        "skipped_out_of_vocabulary": len(test) - len(ok),
+        "k": k,
+        "nll_nats": nats,
+        "nll_bits": nats / ln2,
+        "rate_nats": rate,
+        "rate_bits": rate / ln2,
+        "distortion_nats": dist,
+        "distortion_bits": dist / ln2,
+        "elbo_nats": -(rate + dist),
+    }
+    write_json_atomic(run_dir / LIKELIHOOD_JSON, scores)
+    return scores
 
 
 def evaluate_run(

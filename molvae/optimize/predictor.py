@@ -284,17 +284,12 @@ def fit_run_predictor(
 
 
 def _train_split(run_dir: Path | None):
-    from molvae.data import DataConfig, load_dataset
-
     if run_dir is None:
         raise runs.RunFolderError("the model has no run folder to read training molecules from")
-    *_, config = runs.read_run_info(Path(run_dir))
-    data = dict(config.get("data") or {})
-    if not data:
+    ds = runs.dataset_of_run(Path(run_dir))
+    if ds is None:
         raise runs.RunFolderError(f"{run_dir}: no data config in {runs.RUN_JSON}")
-    known = set(DataConfig.__dataclass_fields__)
-    data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known}
-    return load_dataset(DataConfig(**data)).train
+    return ds.train
 
 
 # ----------------------------------------------------------------------------- save / load
