@@ -25,7 +25,7 @@ _ZINC_SA = (-3.0525811293166134, 0.8335207024513095)
 _ZINC_CYCLE = (-0.0485696876403053, 0.2860212110245455)
 
 FP_RADIUS, FP_BITS = 2, 1024  # MOSES's Morgan fingerprint settings
-_SERIAL_BELOW = 4000  # below this many molecules a process pool costs more than it saves
+SERIAL_BELOW = 4000  # below this many molecules a process pool costs more than it saves
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -230,7 +230,7 @@ def parallel_map(
     """
     items = list(items)
     n_jobs = default_jobs() if n_jobs is None else n_jobs
-    if n_jobs <= 1 or len(items) < _SERIAL_BELOW:
+    if n_jobs <= 1 or len(items) < SERIAL_BELOW:
         return [fn(x) for x in items]
     chunksize = chunksize or max(256, len(items) // (n_jobs * 8))
     with ProcessPoolExecutor(n_jobs, mp_context=get_context("spawn")) as pool:

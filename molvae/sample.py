@@ -66,14 +66,20 @@ class Decoder:
         self, z: np.ndarray, seed: int = 0, temperature: float = 1.0, greedy: bool = True
     ) -> np.ndarray:
         """Token ids (n, max_len + 1) for latents z (n, Z), in fixed-size jitted chunks."""
+        out = list(self._iter_ids(z, seed, temperature, greedy))
+        return np.concatenate(out) if out else np.zeros((0, self.max_len + 1), np.int32)
+
+    def _iter_ids(self, z, seed: int, temperature: float, greedy: bool):
+        """Ids chunk by chunk; the next chunk is dispatched before this one is handed out, so
+        the device decodes while the caller turns the previous chunk into molecules."""
         z = np.asarray(z, np.float32)
         if z.ndim != 2 or z.shape[1] != self.latent_dim:
             raise ValueError(f"latents must have shape (n, {self.latent_dim}), got {z.shape}")
         if not greedy and not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         key = jax.random.key(seed)
-        out = []
-        for c, i in enumerate(range(0, len(z), CHUNK)):
+
+        def dispatch(c: int, i: int):
             zc = z[i : i + CHUNK]
             padded = np.concatenate([zc, np.zeros((CHUNK - len(zc), z.shape[1]), np.float32)])
             ids = _generate(
@@ -85,8 +91,14 @@ class Decoder:
                 self.max_len,
                 greedy,
             )
-            out.append(np.asarray(ids)[: len(zc)])
-        return np.concatenate(out) if out else np.zeros((0, self.max_len + 1), np.int32)
+            return ids, len(zc)
+
+        starts = list(range(0, len(z), CHUNK))
+        pending = dispatch(0, 0) if starts else None
+        for c in range(len(starts)):
+            ids, n = pending
+            pending = dispatch(c + 1, starts[c + 1]) if c + 1 < len(starts) else None
+            yield np.asarray(ids)[:n]
 
     def ids_to_smiles(self, ids: np.ndarray, n_jobs: int | None = None) -> list[str]:
         """Canonical SMILES per row ('' where the SELFIES decodes to nothing valid)."""
@@ -96,7 +108,24 @@ class Decoder:
     def decode(
         self, z: np.ndarray, seed: int = 0, temperature: float = 1.0, greedy: bool = True
     ) -> list[str]:
-        return self.ids_to_smiles(self.decode_ids(z, seed, temperature, greedy))
+        """Canonical SMILES for latents z ('' where decoding fails). Large batches overlap the
+        network with RDKit: each decoded chunk goes to a process pool while the next decodes."""
+        jobs = chem.default_jobs()
+        if len(z) < chem.SERIAL_BELOW or jobs <= 1:
+            return self.ids_to_smiles(self.decode_ids(z, seed, temperature, greedy))
+        from concurrent.futures import ProcessPoolExecutor
+        from multiprocessing import get_context
+
+        with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
+            parts = [
+                pool.map(
+                    chem.selfies_to_smiles,
+                    [self.vocab.decode_selfies(row) for row in ids],
+                    chunksize=max(16, len(ids) // (4 * jobs)),
+                )
+                for ids in self._iter_ids(z, seed, temperature, greedy)
+            ]
+            return [smi for part in parts for smi in part]
 
     # -- SMILES -> latents ----------------------------------------------------------------------
 
