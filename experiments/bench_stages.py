@@ -201,6 +201,7 @@ STAGES = {
     "sample": sample,
     "preprocess": preprocess,
     "evaluate": evaluate,
+    "optimize": optimize,
 }
 
 if __name__ == "__main__":
