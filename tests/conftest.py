@@ -18,6 +18,18 @@ import jax  # noqa: E402
 jax.config.update("jax_compilation_cache_dir", str(ROOT / ".cache" / "jax"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
+# Eight small drugs and solvents: the training set of the unit tests of the loop.
+SMILES = [
+    "CCO",
+    "c1ccccc1",
+    "CC(=O)Oc1ccccc1C(=O)O",
+    "CN1CCC[C@H]1c1cccnc1",
+    "CCN(CC)CC",
+    "O=C(O)c1ccccc1",
+    "CC(C)Cc1ccc(C(C)C(=O)O)cc1",
+    "Cn1cnc2c1c(=O)n(C)c(=O)n2C",
+]
+
 
 @pytest.fixture(scope="session")
 def root() -> Path:

@@ -15,18 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SMILES
 
 ROOT = Path(__file__).resolve().parents[1]
-SMILES = [
-    "CCO",
-    "c1ccccc1",
-    "CC(=O)Oc1ccccc1C(=O)O",
-    "CN1CCC[C@H]1c1cccnc1",
-    "CCN(CC)CC",
-    "O=C(O)c1ccccc1",
-    "CC(C)Cc1ccc(C(C)C(=O)O)cc1",
-    "Cn1cnc2c1c(=O)n(C)c(=O)n2C",
-]
 MODEL = dict(embed_dim=8, enc_hidden=16, latent_dim=4, dec_hidden=16)
 # Constant lr without warm-up: the first step really moves the parameters (a warm-up from 0
 # would make the step a no-op and the comparison empty).

@@ -5,6 +5,7 @@ import json
 import jax
 import numpy as np
 import pytest
+from conftest import SMILES
 from flax import nnx
 
 from molvae import chem
@@ -12,17 +13,6 @@ from molvae.loggers import JsonlLogger
 from molvae.models.vae import ModelConfig
 from molvae.train import NonFiniteLossError, TrainConfig, train
 from molvae.vocab import Vocab
-
-SMILES = [
-    "CCO",
-    "c1ccccc1",
-    "CC(=O)Oc1ccccc1C(=O)O",
-    "CN1CCC[C@H]1c1cccnc1",
-    "CCN(CC)CC",
-    "O=C(O)c1ccccc1",
-    "CC(C)Cc1ccc(C(C)C(=O)O)cc1",
-    "Cn1cnc2c1c(=O)n(C)c(=O)n2C",
-]
 
 
 @pytest.fixture(scope="module")
