@@ -6,7 +6,9 @@ samples, metrics.json. Writes into DIR (or --out):
 
   summary.csv          one row per job: job, status (ok | failed), note, overrides, one column per
                        overridden key, the final validation metrics (val_kl in nats and
-                       val_kl_bits), training time, and the sample metrics of metrics.json
+                       val_kl_bits), training time, the sample metrics of metrics.json and
+                       the held-out NLL / rate / distortion in bits of likelihood.json
+                       (test_nll_bits, test_rate_bits, test_distortion_bits; pipeline runs)
   summary.md           the same as a markdown table (overrides that vary between jobs only)
   rate_distortion.png  KL (bits) against reconstruction accuracy, one labelled point per run;
                        beside it, distortion (reconstruction nats) against the same KL
@@ -37,6 +39,8 @@ log = logging.getLogger("molvae.collect")
 # so collecting stays a light, JAX-free script.
 METRICS_JSONL, EVAL_JSON, RUN_JSON = "metrics.jsonl", "metrics.json", "run.json"
 HYDRA_DIR, OPTUNA_RESULTS = ".hydra", "optimization_results.yaml"
+LIKELIHOOD_JSON = "likelihood.json"
+LIKELIHOOD_KEYS = ("nll_bits", "rate_bits", "distortion_bits")
 VAL_KEYS = ("val_elbo", "val_recon", "val_kl", "val_kl_bits", "val_recon_acc", "val_token_acc")
 SKIP_DIRS = {".submitit", "checkpoints", "wandb", ".hydra"}
 
@@ -152,6 +156,10 @@ def _final_metrics(job: Path) -> dict[str, Any]:
     if eval_path.exists():
         scores = json.loads(eval_path.read_text(encoding="utf-8"))
         out.update({k: v for k, v in scores.items() if isinstance(v, (int, float))})
+    like_path = job / LIKELIHOOD_JSON  # held-out IW bound of pipeline runs (runs.test_likelihood)
+    if like_path.exists():
+        like = json.loads(like_path.read_text(encoding="utf-8"))
+        out.update({f"test_{k}": like[k] for k in LIKELIHOOD_KEYS if k in like})
     if bad:
         note = "; ".join(x for x in (note, f"{bad} unreadable metrics lines") if x)
     out["status"] = "failed" if failed else "ok"

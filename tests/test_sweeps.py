@@ -299,3 +299,19 @@ def test_collect_file_names_match_the_run_folder_contract():
         runs.EVAL_JSON,
         runs.RUN_JSON,
     )
+    assert collect.LIKELIHOOD_JSON == runs.LIKELIHOOD_JSON
+
+
+def test_collect_reads_the_held_out_likelihood(tmp_path):
+    job = tmp_path / "0"
+    job.mkdir()
+    rec = {"step": 4, "loss": 1.0, "val_elbo": 40.0, "val_kl": 2.0, "val_recon": 38.0}
+    (job / collect.METRICS_JSONL).write_text(json.dumps(rec) + "\n")
+    like = {"nll_bits": 55.5, "rate_bits": 9.0, "distortion_bits": 48.0, "n": 10}
+    (job / collect.LIKELIHOOD_JSON).write_text(json.dumps(like))
+    row = collect._final_metrics(job)
+    assert (row["test_nll_bits"], row["test_rate_bits"], row["test_distortion_bits"]) == (
+        55.5,
+        9.0,
+        48.0,
+    )
