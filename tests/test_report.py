@@ -44,6 +44,7 @@ def test_report_renders_all_figures_and_tables(run_copy):
     assert scores["valid"] == pytest.approx(23 / 24)
     meta = {"n_samples": len(smiles), "reference": "moses_sample"}
     runs.write_json_atomic(run_copy / runs.EVAL_JSON, meta | scores)
+    runs.test_likelihood(run_copy, n=30, k=4)
 
     path = report.write_report(run_copy, n_grid=12, n_latent=300)
 
