@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from multiprocessing import get_context
 from typing import Any
 
@@ -233,8 +235,34 @@ def parallel_map(
     if n_jobs <= 1 or len(items) < SERIAL_BELOW:
         return [fn(x) for x in items]
     chunksize = chunksize or max(256, len(items) // (n_jobs * 8))
-    with ProcessPoolExecutor(n_jobs, mp_context=get_context("spawn")) as pool:
+    with process_pool(n_jobs) as pool:
         return list(pool.map(fn, items, chunksize=chunksize))
+
+
+@contextmanager
+def process_pool(n_jobs: int):
+    """A 'spawn' process pool whose workers do not re-run the caller's script.
+
+    Spawned workers normally import the main script again, so a script without an
+    `if __name__ == "__main__":` guard would run itself in every worker. molvae's workers only
+    run molvae functions, so the script's path is hidden from them while they start.
+    """
+    main = sys.modules.get("__main__")
+    saved = {k: main.__dict__[k] for k in ("__spec__", "__file__") if main and k in main.__dict__}
+    try:
+        if main is not None:
+            main.__dict__["__spec__"] = None
+            main.__dict__.pop("__file__", None)
+        pool = ProcessPoolExecutor(n_jobs, mp_context=get_context("spawn"))
+        # One worker starts per task submitted while none is idle: start all of them now.
+        for f in [pool.submit(int) for _ in range(n_jobs)]:
+            f.result()
+    finally:
+        if main is not None:
+            main.__dict__.pop("__spec__", None)
+            main.__dict__.update(saved)
+    with pool:
+        yield pool
 
 
 # ----------------------------------------------------------------------------- substructures

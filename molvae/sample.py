@@ -113,10 +113,7 @@ class Decoder:
         jobs = chem.default_jobs()
         if len(z) < chem.SERIAL_BELOW or jobs <= 1:
             return self.ids_to_smiles(self.decode_ids(z, seed, temperature, greedy))
-        from concurrent.futures import ProcessPoolExecutor
-        from multiprocessing import get_context
-
-        with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
+        with chem.process_pool(jobs) as pool:
             parts = [
                 pool.map(
                     chem.selfies_to_smiles,

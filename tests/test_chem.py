@@ -64,3 +64,23 @@ def test_selfies_round_trip_and_parallel_map_matches_serial():
     back = chem.parallel_map(chem.selfies_to_smiles, sf, n_jobs=2)
     assert back == [chem.canonical(s) for s in smiles]
     assert chem.selfies_to_smiles("") == ""
+
+
+def test_process_pool_works_from_a_script_without_a_main_guard(tmp_path):
+    """Spawned workers must not re-run the caller's script (no `if __name__ == "__main__"`)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "print('top-level', flush=True)\n"
+        "from molvae import chem\n"
+        "out = chem.parallel_map(chem.canonical, ['OCC', 'c1ccccc1'] * 2500, n_jobs=2)\n"
+        "print(len(out), out[0], out[1], flush=True)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split("\n").count("top-level") == 1
+    assert "5000 CCO c1ccccc1" in proc.stdout
