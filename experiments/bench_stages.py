@@ -121,7 +121,7 @@ def sample(run_dir: str, n: int = 4096) -> dict:
     model = molvae.load(run_dir)
     dec = model._dec
     z = np.random.default_rng(0).normal(size=(n, model.latent_dim)).astype(np.float32)
-    dec.decode_ids(z[:512], greedy=False)  # compile
+    dec.warm_up(greedy=False)  # compile every packed batch size
     t0 = time.perf_counter()
     ids = dec.decode_ids(z, seed=1, greedy=False)
     t_decode = time.perf_counter() - t0

@@ -22,9 +22,34 @@ log = logging.getLogger(__name__)
 CHUNK = 512  # latents decoded per jitted call; fixed so one shape is compiled per model
 
 
+SEGMENT = 8  # decoding steps per jitted call; finished rows are dropped between calls
+MIN_BUCKET = 32  # smallest batch the unfinished rows are packed into (sizes CHUNK / 2^k)
+
+
 @partial(jax.jit, static_argnames=("graphdef", "max_len", "greedy"))
 def _generate(graphdef, params, z, key, temperature, max_len: int, greedy: bool):
+    """Every row for all max_len + 1 steps in one scan (the reference for _decode_chunk)."""
     return nnx.merge(graphdef, params).generate(z, key, max_len, temperature, greedy)
+
+
+@partial(jax.jit, static_argnames=("graphdef",))
+def _start(graphdef, params, z, key):
+    zin, hs = nnx.merge(graphdef, params).decoder.initial_state(z)
+    return zin, hs, jnp.full((z.shape[0],), 1, jnp.int32), jax.random.split(key, z.shape[0])
+
+
+@partial(jax.jit, static_argnames=("graphdef", "greedy"))
+def _segment(graphdef, params, state, done, t0, temperature, greedy: bool):
+    zin, hs, token, keys = state
+    token, hs, done, ids = nnx.merge(graphdef, params).decode_steps(
+        zin, hs, token, done, keys, t0, SEGMENT, temperature, greedy
+    )
+    return (zin, hs, token, keys), done, ids
+
+
+@jax.jit
+def _take(state, rows):
+    return jax.tree.map(lambda x: x[rows], state)
 
 
 @partial(jax.jit, static_argnames=("graphdef",))
@@ -70,35 +95,67 @@ class Decoder:
         return np.concatenate(out) if out else np.zeros((0, self.max_len + 1), np.int32)
 
     def _iter_ids(self, z, seed: int, temperature: float, greedy: bool):
-        """Ids chunk by chunk; the next chunk is dispatched before this one is handed out, so
-        the device decodes while the caller turns the previous chunk into molecules."""
+        """Ids chunk by chunk (CHUNK latents each, the last one padded)."""
         z = np.asarray(z, np.float32)
         if z.ndim != 2 or z.shape[1] != self.latent_dim:
             raise ValueError(f"latents must have shape (n, {self.latent_dim}), got {z.shape}")
         if not greedy and not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         key = jax.random.key(seed)
-
-        def dispatch(c: int, i: int):
+        for c, i in enumerate(range(0, len(z), CHUNK)):
             zc = z[i : i + CHUNK]
             padded = np.concatenate([zc, np.zeros((CHUNK - len(zc), z.shape[1]), np.float32)])
-            ids = _generate(
-                self.graphdef,
-                self.params,
-                padded,
-                jax.random.fold_in(key, c),
-                jnp.float32(temperature),
-                self.max_len,
-                greedy,
+            ids = self._decode_chunk(
+                padded, len(zc), jax.random.fold_in(key, c), temperature, greedy
             )
-            return ids, len(zc)
+            yield ids[: len(zc)]
 
-        starts = list(range(0, len(z), CHUNK))
-        pending = dispatch(0, 0) if starts else None
-        for c in range(len(starts)):
-            ids, n = pending
-            pending = dispatch(c + 1, starts[c + 1]) if c + 1 < len(starts) else None
-            yield np.asarray(ids)[:n]
+    def warm_up(self, greedy: bool = False) -> None:
+        """Compile the decoder for every packed batch size now rather than on first use."""
+        sizes = [CHUNK >> k for k in range(CHUNK.bit_length()) if CHUNK >> k >= MIN_BUCKET]
+        z = np.zeros((CHUNK, self.latent_dim), np.float32)
+        full = _start(self.graphdef, self.params, z, jax.random.key(0))
+        t0, temp = jnp.int32(0), jnp.float32(1.0)
+        for size in sizes:
+            state = _take(full, jnp.arange(size))
+            for smaller in sizes:
+                if smaller < size:
+                    _take(state, jnp.arange(smaller))
+            out = _segment(
+                self.graphdef, self.params, state, jnp.zeros(size, bool), t0, temp, greedy
+            )
+            jax.block_until_ready(out)
+
+    def _decode_chunk(self, z, n: int, key, temperature: float, greedy: bool) -> np.ndarray:
+        """Ids (CHUNK, max_len + 1) of the first n rows of z, SEGMENT steps per call. Between
+        calls the unfinished rows are packed into the smallest batch of CHUNK / 2^k that holds
+        them, so the work follows the molecules' lengths, not max_len. Same ids as _generate."""
+        T = self.max_len + 1
+        out = np.zeros((CHUNK, T), np.int32)
+        state = _start(self.graphdef, self.params, z, key)
+        rows = np.arange(CHUNK)  # row of `out` held by each row of `state` (-1: filler)
+        live = rows < n
+        temp = jnp.float32(temperature)
+        for t in range(0, T, SEGMENT):
+            idx = np.flatnonzero(live)
+            if not len(idx):
+                break
+            size = len(rows)
+            while size // 2 >= max(len(idx), MIN_BUCKET):
+                size //= 2
+            if size < len(rows):  # pack the unfinished rows, pad with a finished copy
+                sel = np.concatenate([idx, np.full(size - len(idx), idx[0])])
+                state = _take(state, jnp.asarray(sel))
+                rows = np.concatenate([rows[idx], np.full(size - len(idx), -1)])
+                live = rows >= 0
+                idx = np.arange(len(idx))
+            state, done, ids = _segment(
+                self.graphdef, self.params, state, jnp.asarray(~live), jnp.int32(t), temp, greedy
+            )
+            ids = np.asarray(ids)
+            out[rows[idx], t : t + SEGMENT] = ids[idx, : T - t]
+            live = ~np.asarray(done)
+        return out
 
     def ids_to_smiles(self, ids: np.ndarray, n_jobs: int | None = None) -> list[str]:
         """Canonical SMILES per row ('' where the SELFIES decodes to nothing valid)."""

@@ -24,7 +24,7 @@ class ModelConfig:
     latent_dim: int = 64
     dec_hidden: int = 512
     dec_layers: int = 1
-    dtype: str = "float32"  # compute dtype of the recurrent matmuls: float32 or bfloat16
+    dtype: str = "float32"  # operand type of the GRU matmuls (float32 or bfloat16; f32 sums)
 
     def __post_init__(self) -> None:
         for name in (
@@ -52,9 +52,11 @@ class Encoder(nnx.Module):
         dirs = 2 if cfg.bidirectional else 1
         self.embed = nnx.Embed(cfg.vocab_size, cfg.embed_dim, rngs=rngs)
         ins = [cfg.embed_dim] + [cfg.enc_hidden * dirs] * (cfg.enc_layers - 1)
-        self.fwd = nnx.List([GRU(d, cfg.enc_hidden, rngs=rngs) for d in ins])
+        self.fwd = nnx.List([GRU(d, cfg.enc_hidden, dtype=cfg.dtype, rngs=rngs) for d in ins])
         self.bwd = nnx.List(
-            [GRU(d, cfg.enc_hidden, rngs=rngs) for d in ins] if cfg.bidirectional else []
+            [GRU(d, cfg.enc_hidden, dtype=cfg.dtype, rngs=rngs) for d in ins]
+            if cfg.bidirectional
+            else []
         )
         self.to_mu = nnx.Linear(cfg.enc_hidden * dirs, cfg.latent_dim, rngs=rngs)
         self.to_logvar = nnx.Linear(cfg.enc_hidden * dirs, cfg.latent_dim, rngs=rngs)
@@ -66,7 +68,7 @@ class Encoder(nnx.Module):
         B, H = x.shape[0], self.cfg.enc_hidden
         finals = []
         for i, fwd in enumerate(self.fwd):
-            h0 = jnp.zeros((B, H), x.dtype)
+            h0 = jnp.zeros((B, H), jnp.float32)
             ys, hf = fwd(x, h0, mask)
             if self.cfg.bidirectional:
                 ys_b, hb = self.bwd[i](reverse_padded(x, lengths), h0, mask)
@@ -89,7 +91,7 @@ class Decoder(nnx.Module):
         # Layer 0's input is [embedding, z]; z's part of the projection is constant over time.
         self.z_to_in = nnx.Linear(cfg.latent_dim, 3 * cfg.dec_hidden, use_bias=False, rngs=rngs)
         ins = [cfg.embed_dim] + [cfg.dec_hidden] * (cfg.dec_layers - 1)
-        self.layers = nnx.List([GRU(d, cfg.dec_hidden, rngs=rngs) for d in ins])
+        self.layers = nnx.List([GRU(d, cfg.dec_hidden, dtype=cfg.dtype, rngs=rngs) for d in ins])
         self.out = nnx.Linear(cfg.dec_hidden, cfg.vocab_size, rngs=rngs)
 
     def initial_state(self, z: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
@@ -105,14 +107,23 @@ class Decoder(nnx.Module):
             x, _ = layer(x, hs[i], extra=zin if i == 0 else None)
         return self.out(x)
 
+    def input_table(self) -> jax.Array:
+        """Layer 0's projected input for every symbol (V, 3H): a lookup replaces a matmul."""
+        return self.layers[0].project(self.embed.embedding[...])
+
     def step(
-        self, token: jax.Array, zin: jax.Array, hs: list[jax.Array]
+        self,
+        token: jax.Array,
+        zin: jax.Array,
+        hs: list[jax.Array],
+        table: jax.Array | None = None,
     ) -> tuple[jax.Array, list[jax.Array]]:
-        """One decoding step: token (B,) -> logits (B, V) and the new per-layer states."""
-        x = self.embed(token)
-        new = []
+        """One decoding step: token (B,) -> logits (B, V) and the new per-layer states.
+        `table` is input_table(), computed once per decode rather than per step."""
+        table = self.input_table() if table is None else table
+        x, new = None, []
         for i, layer in enumerate(self.layers):
-            xp = layer.project(x) + (zin if i == 0 else 0.0)
+            xp = table[token] + zin if i == 0 else layer.project(x)
             x = layer.step(xp, hs[i])
             new.append(x)
         return self.out(x), new
@@ -147,23 +158,52 @@ class VAE(nnx.Module):
         temperature: float | jax.Array = 1.0,
         greedy: bool = False,
     ) -> jax.Array:
-        """Decode z (B, Z) autoregressively to ids (B, max_len + 1); pad (0) after eos (2)."""
+        """Decode z (B, Z) autoregressively to ids (B, max_len + 1); pad (0) after eos (2).
+
+        Each row draws from its own key (split from `key`), so a row's molecule does not depend
+        on the other rows: the compacting decoder in molvae.sample gives the same ids."""
         B = z.shape[0]
         zin, hs = self.decoder.initial_state(z)
         bos = jnp.full((B,), 1, jnp.int32)
+        done = jnp.zeros((B,), bool)
+        row_keys = jax.random.split(key, B)
+        _, _, _, out = self.decode_steps(
+            zin, hs, bos, done, row_keys, 0, max_len + 1, temperature, greedy
+        )
+        return out
 
-        def body(carry, key_t):
+    def decode_steps(
+        self,
+        zin: jax.Array,
+        hs: list[jax.Array],
+        token: jax.Array,
+        done: jax.Array,
+        row_keys: jax.Array,
+        t0: int | jax.Array,
+        steps: int,
+        temperature: float | jax.Array = 1.0,
+        greedy: bool = False,
+    ) -> tuple[jax.Array, list[jax.Array], jax.Array, jax.Array]:
+        """`steps` decoding steps from position t0: (token, states, done) after them and the
+        ids emitted (B, steps). Rows that are done emit pad (0); step t of row i samples with
+        fold_in(row_keys[i], t)."""
+
+        table = self.decoder.input_table()
+
+        def body(carry, t):
             token, hs, done = carry
-            logits, hs = self.decoder.step(token, zin, hs)
+            logits, hs = self.decoder.step(token, zin, hs, table)
             logits = logits.at[:, :2].set(-jnp.inf)  # never emit pad or bos
             if greedy:
                 nxt = jnp.argmax(logits, axis=-1).astype(jnp.int32)
             else:
-                nxt = jax.random.categorical(key_t, logits / temperature).astype(jnp.int32)
+                keys = jax.vmap(jax.random.fold_in, (0, None))(row_keys, t)
+                draw = jax.vmap(jax.random.categorical)(keys, logits / temperature)
+                nxt = draw.astype(jnp.int32)
             nxt = jnp.where(done, 0, nxt)
             done = done | (nxt == 2)
             return (nxt, hs, done), nxt
 
-        keys = jax.random.split(key, max_len + 1)
-        _, out = jax.lax.scan(body, (bos, hs, jnp.zeros((B,), bool)), keys)
-        return out.T  # (B, max_len + 1)
+        ts = t0 + jnp.arange(steps)
+        (token, hs, done), out = jax.lax.scan(body, (token, hs, done), ts)
+        return token, hs, done, out.T
