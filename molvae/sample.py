@@ -19,7 +19,7 @@ from molvae.vocab import UnknownSymbolError, Vocab
 
 log = logging.getLogger(__name__)
 
-CHUNK = 512  # latents decoded per jitted call; fixed so one shape is compiled per model
+CHUNK = 512  # latents per decoded chunk; with the packed sizes CHUNK / 2^k, a fixed set of shapes
 
 
 SEGMENT = 8  # decoding steps per jitted call; finished rows are dropped between calls
