@@ -104,19 +104,20 @@ def _gru_forward(xp, h0, mask, wh, bh, dtype):
         z = jax.nn.sigmoid(xz + hz)
         n = jnp.tanh(xn + r * hn)
         h_new = jnp.where(m_t[:, None], (1.0 - z) * n + z * h, h)
-        return h_new, (h_new, (h, r, z, n, hn))
+        return h_new, (h_new, (r, z, n, hn))
 
     h_last, (ys, res) = jax.lax.scan(body, h0, (xp, mask))
     return (ys, h_last), res
 
 
 def _gru_fwd(xp, h0, mask, wh, bh, dtype):
-    out, res = _gru_forward(xp, h0, mask, wh, bh, dtype)
-    return out, (res, mask, wh, bh)
+    (ys, h_last), res = _gru_forward(xp, h0, mask, wh, bh, dtype)
+    h_prev = jnp.concatenate([h0[None], ys[:-1]])  # the state each step started from
+    return (ys, h_last), ((h_prev, *res), mask, wh)
 
 
 def _gru_bwd(dtype, saved, cotangents):
-    (h_prev, r, z, n, hn), mask, wh, bh = saved
+    (h_prev, r, z, n, hn), mask, wh = saved
     dys, dh_last = cotangents
     wh_t = wh.T
 
@@ -138,7 +139,7 @@ def _gru_bwd(dtype, saved, cotangents):
     dh0, (dxp, dhp) = jax.lax.scan(body, dh_last, (dys, mask, h_prev, r, z, n, hn), reverse=True)
     L, B, H = h_prev.shape
     dwh = _mm(h_prev.reshape(L * B, H).T, dhp.reshape(L * B, 3 * H), dtype).astype(wh.dtype)
-    dbh = dhp.sum((0, 1)).astype(bh.dtype)
+    dbh = dhp.sum((0, 1)).astype(wh.dtype)
     return dxp, dh0, None, dwh, dbh
 
 
