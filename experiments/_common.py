@@ -11,6 +11,10 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from molvae.runtime import tune_allocator
+
+tune_allocator()  # before JAX starts its threads: XLA's step buffers stay mapped (see runtime.py)
+
 os.environ.setdefault("WANDB_MODE", "offline")  # no network unless logger.mode=online is asked for
 
 # Launchers that start jobs in fresh interpreters (submitit_local, SLURM) unpickle the entry

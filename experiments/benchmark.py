@@ -125,7 +125,7 @@ def markdown(res: dict) -> str:
     rows = [("stage", "figure", "value", "peak RSS (MB)")]
     for name, r in res["stages"].items():
         for k, v in r.items():
-            if k in ("peak_rss_mb",):
+            if k in ("peak_rss_mb", "tuned_allocator"):
                 continue
             val = f"{v:,.2f}" if isinstance(v, float) else str(v)
             rows.append((name, k, val, f"{r.get('peak_rss_mb', float('nan')):,.0f}"))
@@ -137,8 +137,10 @@ def markdown(res: dict) -> str:
         if k in res
     ]
     m = res["machine"]
+    tuned = any(r.get("tuned_allocator") for r in res["stages"].values())
     return (
-        f"# molvae benchmark\n\n{m['platform']}, Python {m['python']}, {m['cpus']} CPUs\n\n"
+        f"# molvae benchmark\n\n{m['platform']}, Python {m['python']}, {m['cpus']} CPUs; "
+        f"glibc allocator tuned (molvae/runtime.py): {'yes' if tuned else 'no'}\n\n"
         + "\n".join(lines)
         + "\n\n"
         + "\n".join(ratios)

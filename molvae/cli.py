@@ -163,6 +163,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from molvae.runtime import tune_allocator
+
+    tune_allocator()  # before JAX starts its threads (see molvae/runtime.py)
     args = parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

@@ -180,3 +180,32 @@ def test_bfloat16_matmuls_stay_close_to_float32():
     a = jnp.concatenate([x.ravel() for x in jax.tree.leaves(g32)])
     b = jnp.concatenate([x.ravel() for x in jax.tree.leaves(g16)])
     assert float(jnp.linalg.norm(a - b) / jnp.linalg.norm(a)) < 0.05
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_prefetch_scan_gives_lax_scan_results(reverse):
+    """prefetch_scan (each step's inputs read one step ahead, through the carry) is lax.scan."""
+    from molvae.models.gru import prefetch_scan
+
+    k = jax.random.split(jax.random.key(1), 2)
+    xs = (jax.random.normal(k[0], (6, 3, 2)), jax.random.uniform(k[1], (6, 3)) > 0.5)
+
+    def body(c, x):
+        c = jnp.tanh(c * 0.9 + x[0].sum(-1)) + x[1]
+        return c, (c * 2.0, x[0])
+
+    want = jax.lax.scan(body, jnp.zeros(3), xs, reverse=reverse)
+    got = prefetch_scan(body, jnp.zeros(3), xs, reverse=reverse)
+    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_tune_allocator_is_idempotent_and_can_be_switched_off(monkeypatch):
+    import molvae.runtime as rt
+
+    first = rt.tune_allocator()
+    assert isinstance(first, bool) and rt.tune_allocator() is first
+    monkeypatch.setattr(rt, "_done", None)
+    monkeypatch.setenv("MOLVAE_TUNE_MALLOC", "0")
+    assert rt.tune_allocator() is False
+    monkeypatch.setattr(rt, "_done", first)

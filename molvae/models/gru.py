@@ -106,8 +106,33 @@ def _gru_forward(xp, h0, mask, wh, bh, dtype):
         h_new = jnp.where(m_t[:, None], (1.0 - z) * n + z * h, h)
         return h_new, (h_new, (r, z, n, hn))
 
-    h_last, (ys, res) = jax.lax.scan(body, h0, (xp, mask))
+    h_last, (ys, res) = prefetch_scan(body, h0, (xp, mask))
     return (ys, h_last), res
+
+
+def prefetch_scan(body, init, xs, reverse: bool = False):
+    """jax.lax.scan(body, init, xs, reverse) that hands each step its slice of xs through the
+    carry, read one step ahead.
+
+    Same results as lax.scan. On XLA:CPU, a fusion that reads a dynamic slice of xs directly
+    (the per-step slice lax.scan makes) is not vectorised: the GRU gates then cost ~6x more than
+    the step's matmul (measured: 277 vs 44 us per step for a 128x128 GRU's gates on one core).
+    Copying the next slice into the carry keeps the gate fusion on plain buffers.
+    """
+    n = jax.tree.leaves(xs)[0].shape[0]
+    at = lambda t: jax.tree.map(  # noqa: E731
+        lambda x: jax.lax.dynamic_index_in_dim(x, t, 0, keepdims=False), xs
+    )
+
+    def step(carry, t):
+        c, cur = carry
+        nxt = at(jnp.clip(t - 1 if reverse else t + 1, 0, n - 1))
+        c, y = body(c, cur)
+        return (c, nxt), y
+
+    first = at(n - 1 if reverse else 0)
+    (c, _), ys = jax.lax.scan(step, (init, first), jnp.arange(n), reverse=reverse)
+    return c, ys
 
 
 def _gru_fwd(xp, h0, mask, wh, bh, dtype):

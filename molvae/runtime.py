@@ -1,0 +1,50 @@
+"""Process settings for fast JAX on CPU hosts: keep XLA's large buffers mapped between steps.
+
+XLA:CPU allocates each execution's temporary buffers (one block of ~150 MB for a training step
+of the default model at batch 128) with malloc and frees them when the step ends. glibc serves
+blocks that large with a fresh mmap and returns them with munmap, so every step touches new pages:
+~39,000 page faults per step, about a quarter of the step's time on 2 cores (measured with
+`resource.getrusage` around 10 steps: 160 ms/step before, 115-125 ms/step after).
+
+`tune_allocator()` tells glibc to serve every block from one heap that it never trims. Freed
+memory then stays with the process and is reused, and resident memory stays at its peak instead
+of shrinking between steps. It must run before JAX starts its threads, so the experiment scripts
+and the `molvae` command call it first. Set MOLVAE_TUNE_MALLOC=0 to leave the allocator alone.
+It does nothing outside glibc (macOS, musl) or on accelerators, where device memory is separate.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import platform
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+_M_ARENA_MAX = -8
+_done: bool | None = None
+
+
+def tune_allocator() -> bool:
+    """Serve large blocks from one never-trimmed glibc heap; True if the settings took effect.
+
+    Idempotent, and a no-op returning False when MOLVAE_TUNE_MALLOC=0 or libc is not glibc.
+    """
+    global _done
+    if _done is not None:
+        return _done
+    _done = False
+    if os.environ.get("MOLVAE_TUNE_MALLOC", "1") == "0" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return False
+    # One arena: threads created later (XLA's pool) allocate from the main heap, where large
+    # blocks can come from the heap instead of mmap (thread arenas fall back to mmap).
+    ok = libc.mallopt(_M_ARENA_MAX, 1) == 1
+    ok &= libc.mallopt(_M_MMAP_MAX, 0) == 1  # no mmap'd blocks: reuse the heap
+    ok &= libc.mallopt(_M_TRIM_THRESHOLD, -1) == 1  # -1: never give the heap top back (man mallopt)
+    _done = bool(ok)
+    return _done
