@@ -115,8 +115,8 @@ def prefetch_scan(body, init, xs, reverse: bool = False):
     carry, read one step ahead.
 
     Same results as lax.scan. On XLA:CPU, a fusion that reads a dynamic slice of xs directly
-    (the per-step slice lax.scan makes) is not vectorised: the GRU gates then cost ~6x more than
-    the step's matmul (measured: 277 vs 44 us per step for a 128x128 GRU's gates on one core).
+    (the per-step slice lax.scan makes) is not vectorised: a 128-wide GRU's gates took 277 us
+    per step that way against 44 us reading the same input from the carry (one core).
     Copying the next slice into the carry keeps the gate fusion on plain buffers.
     """
     n = jax.tree.leaves(xs)[0].shape[0]
