@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
 import sys
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
@@ -241,28 +243,71 @@ def parallel_map(
 
 @contextmanager
 def process_pool(n_jobs: int):
-    """A 'spawn' process pool whose workers do not re-run the caller's script.
+    """The process's shared pool of n_jobs workers (see shared_pool), as a context manager."""
+    yield shared_pool(n_jobs)
+
+
+_POOL: tuple[int, ProcessPoolExecutor] | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def shared_pool(n_jobs: int) -> ProcessPoolExecutor:
+    """A 'spawn' process pool of n_jobs workers, started on first use and kept until exit.
+
+    Workers import RDKit and SELFIES once, when they start, and are reused by every later map:
+    a sampling or evaluation loop does not pay for new processes on each call. Starting returns
+    at once, so the caller's own work (decoding) overlaps the workers' start-up. A pool that
+    broke (a worker died) is replaced; asking for another size replaces the pool.
 
     Spawned workers normally import the main script again, so a script without an
     `if __name__ == "__main__":` guard would run itself in every worker. molvae's workers only
     run molvae functions, so the script's path is hidden from them while they start.
     """
-    main = sys.modules.get("__main__")
-    saved = {k: main.__dict__[k] for k in ("__spec__", "__file__") if main and k in main.__dict__}
-    try:
-        if main is not None:
-            main.__dict__["__spec__"] = None
-            main.__dict__.pop("__file__", None)
-        pool = ProcessPoolExecutor(n_jobs, mp_context=get_context("spawn"))
-        # One worker starts per task submitted while none is idle: start all of them now.
-        for f in [pool.submit(int) for _ in range(n_jobs)]:
-            f.result()
-    finally:
-        if main is not None:
-            main.__dict__.pop("__spec__", None)
-            main.__dict__.update(saved)
-    with pool:
-        yield pool
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is not None:
+            size, pool = _POOL
+            if size == n_jobs:
+                try:
+                    pool.submit(int)  # raises once the pool is broken or shut down
+                    return pool
+                except RuntimeError:
+                    pass
+            pool.shutdown(wait=False, cancel_futures=True)
+            _POOL = None
+        main = sys.modules.get("__main__")
+        keys = ("__spec__", "__file__")
+        saved = {k: main.__dict__[k] for k in keys if main and k in main.__dict__}
+        try:
+            if main is not None:
+                main.__dict__["__spec__"] = None
+                main.__dict__.pop("__file__", None)
+            pool = ProcessPoolExecutor(
+                n_jobs, mp_context=get_context("spawn"), initializer=_start_worker
+            )
+            # One worker is spawned per task submitted while none is idle: spawn all of them
+            # now (without waiting for them), while the script's path is hidden.
+            for _ in range(n_jobs):
+                pool.submit(int)
+        finally:
+            if main is not None:
+                main.__dict__.pop("__spec__", None)
+                main.__dict__.update(saved)
+        _POOL = (n_jobs, pool)
+        return pool
+
+
+def _start_worker() -> None:
+    """Worker initializer: unpickling it has imported this module (RDKit, SELFIES, pandas)."""
+    RDLogger.DisableLog("rdApp.*")
+
+
+@atexit.register
+def _shutdown_pool() -> None:
+    global _POOL
+    if _POOL is not None:
+        _POOL[1].shutdown(wait=True, cancel_futures=True)
+        _POOL = None
 
 
 # ----------------------------------------------------------------------------- substructures

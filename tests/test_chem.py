@@ -84,3 +84,23 @@ def test_process_pool_works_from_a_script_without_a_main_guard(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split("\n").count("top-level") == 1
     assert "5000 CCO c1ccccc1" in proc.stdout
+
+
+def test_shared_pool_is_reused_and_replaced_when_broken_or_resized():
+    import os
+    import signal
+    from concurrent.futures.process import BrokenProcessPool
+
+    pool = chem.shared_pool(2)
+    assert chem.shared_pool(2) is pool  # one start-up per process, not per call
+    with chem.process_pool(2) as again:
+        assert again is pool
+    pid = pool.submit(os.getpid).result()
+    os.kill(pid, signal.SIGKILL)  # a worker dies: the pool is broken
+    with pytest.raises(BrokenProcessPool):
+        pool.submit(int).result(timeout=60)
+    fresh = chem.shared_pool(2)
+    assert fresh is not pool
+    assert chem.parallel_map(chem.canonical, ["OCC"] * 5000, n_jobs=2) == ["CCO"] * 5000
+    one = chem.shared_pool(1)
+    assert one is not fresh and chem.shared_pool(1) is one

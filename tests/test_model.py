@@ -209,3 +209,24 @@ def test_tune_allocator_is_idempotent_and_can_be_switched_off(monkeypatch):
     monkeypatch.setenv("MOLVAE_TUNE_MALLOC", "0")
     assert rt.tune_allocator() is False
     monkeypatch.setattr(rt, "_done", first)
+
+
+def test_draw_follows_the_softmax_and_never_draws_a_masked_token():
+    """The inverse-CDF draw: frequencies match softmax(logits) (chi-square, 20k rows each),
+    -inf logits (pad, bos) are never drawn, and row i's draw depends only on its key and t."""
+    from scipy import stats
+
+    from molvae.models.vae import _draw
+
+    probs = np.array([0.0, 0.0, 0.05, 0.15, 0.3, 0.5])
+    logits = jnp.log(jnp.asarray(probs, jnp.float32))[None].repeat(20000, 0)
+    keys = jax.random.split(jax.random.key(7), 20000)
+    for t in (0, 5):
+        counts = np.bincount(np.asarray(_draw(keys, jnp.int32(t), logits)), minlength=6)
+        assert counts[:2].sum() == 0
+        assert stats.chisquare(counts[2:], 20000 * probs[2:]).pvalue > 1e-3
+    one = _draw(keys[:1], jnp.int32(3), logits[:1])
+    assert int(one[0]) == int(_draw(keys, jnp.int32(3), logits)[0])
+    # all mass on the last token: drawn even when u is close to 1
+    last = jnp.full((64, 6), -jnp.inf).at[:, -1].set(0.0)
+    assert (np.asarray(_draw(keys[:64], jnp.int32(0), last)) == 5).all()

@@ -197,9 +197,7 @@ class VAE(nnx.Module):
             if greedy:
                 nxt = jnp.argmax(logits, axis=-1).astype(jnp.int32)
             else:
-                keys = jax.vmap(jax.random.fold_in, (0, None))(row_keys, t)
-                draw = jax.vmap(jax.random.categorical)(keys, logits / temperature)
-                nxt = draw.astype(jnp.int32)
+                nxt = _draw(row_keys, t, logits / temperature)
             nxt = jnp.where(done, 0, nxt)
             done = done | (nxt == 2)
             return (nxt, hs, done), nxt
@@ -207,3 +205,13 @@ class VAE(nnx.Module):
         ts = t0 + jnp.arange(steps)
         (token, hs, done), out = jax.lax.scan(body, (token, hs, done), ts)
         return token, hs, done, out.T
+
+
+def _draw(row_keys: jax.Array, t: jax.Array, logits: jax.Array) -> jax.Array:
+    """One categorical draw per row from logits (B, V), by inverting the CDF with a single
+    uniform per row from fold_in(row_keys[i], t): one random word per row and step, where
+    Gumbel-max needs V of them."""
+    u = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, t)))(row_keys)  # (B,)
+    cdf = jnp.cumsum(jax.nn.softmax(logits, axis=-1), axis=-1)  # (B, V)
+    below = cdf <= (u * cdf[:, -1])[:, None]  # the first entry with cdf > u is drawn
+    return jnp.minimum(below.sum(-1), logits.shape[-1] - 1).astype(jnp.int32)
