@@ -61,6 +61,7 @@ def train(
     steps: int = 24,
     windows: int = 3,
     n_molecules: int = 20000,
+    dtype: str | None = None,
 ) -> dict:
     """Steady-state training molecules/s on bundled MOSES molecules, after compiling every
     bucket width once: the median of `windows` timed windows of `steps` steps each. Counts
@@ -81,6 +82,8 @@ def train(
     tokens, lengths = vocab.encode_batch(ds.train.selfies[:n_molecules], 72)
     conf = OmegaConf.load(f"conf/model/{preset}.yaml")
     cfg = dataclasses.replace(ModelConfig(**conf), vocab_size=len(vocab))
+    if dtype is not None:  # the preset with another matmul operand type (model.dtype=...)
+        cfg = dataclasses.replace(cfg, dtype=dtype)
     tcfg = TrainConfig(batch_size=batch_size, steps=10**6)
     model = VAE(cfg, rngs=nnx.Rngs(0))
     opt = nnx.Optimizer(model, make_tx(tcfg), wrt=nnx.Param)
@@ -122,6 +125,7 @@ def train(
         "train_gflops": flops / 1e9,
         "params": n_params,
         "batch": batch_size,
+        "dtype": cfg.dtype,
         "compiled_shapes": compiled,
         "recompiles_after_warmup": step_fn._cache_size() - compiled,
         "padding_fraction": 1 - float(np.mean(lengths)) / (tok_rates[mid] / rates[mid]),
@@ -157,12 +161,20 @@ def sample(run_dir: str, n: int = 4096, reps: int = 3) -> dict:
     smiles, t_floor = timed(lambda: chem.parallel_map(chem.selfies_to_smiles, selfies))
     out, t_e2e = timed(lambda: model.sample(n, seed=2))
     valid = sum(bool(s) for s in out)
-    return {
+    res = {
         "sample_decode_mol_per_s": n / t_decode,
         "sample_end_to_end_mol_per_s": valid / t_e2e,
         "rdkit_selfies_floor_mol_per_s": sum(bool(s) for s in smiles) / t_floor,
         "sample_valid_fraction": valid / n,
     }
+    # The same with bfloat16 matmul operands in the decoder (molvae.load(..., decode_dtype)).
+    bf16 = molvae.load(run_dir, decode_dtype="bfloat16")
+    bf16._dec.warm_up(greedy=False)
+    _, t_decode = timed(lambda: bf16._dec.decode_ids(z, seed=1, greedy=False))
+    out, t_e2e = timed(lambda: bf16.sample(n, seed=2))
+    res["sample_decode_mol_per_s_bf16"] = n / t_decode
+    res["sample_end_to_end_mol_per_s_bf16"] = sum(bool(s) for s in out) / t_e2e
+    return res
 
 
 # ----------------------------------------------------------------------------- data, metrics

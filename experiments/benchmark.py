@@ -6,6 +6,7 @@ from .venv-peer when present. Writes benchmark.json and benchmark.md in the run 
 """
 
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -14,6 +15,8 @@ from pathlib import Path
 import hydra
 from _common import log, quiet_libraries, run_dir
 from omegaconf import DictConfig
+
+from molvae import runtime
 
 HERE = Path(__file__).parent
 PEER = HERE.parent / "scripts" / "peers" / "moses_vae_speed.py"
@@ -41,10 +44,15 @@ def peer(cfg: DictConfig) -> dict:
         str(cfg.peer_molecules),
         str(cfg.peer_batches),
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=PEER.parent)
+    env = dict(os.environ)
+    if cfg.peer_tuned_allocator:  # the allocator settings molvae's own stages run with
+        env["GLIBC_TUNABLES"] = runtime.GLIBC_TUNABLES
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=PEER.parent, env=env)
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out["tuned_allocator"] = bool(cfg.peer_tuned_allocator)
+    return out
 
 
 def collect(cfg: DictConfig) -> dict:
@@ -60,13 +68,16 @@ def collect(cfg: DictConfig) -> dict:
         log.info("stage %s ...", name)
         if name == "matmul":
             r = stage("matmul")
-        elif name.startswith("train_"):
+        elif name.startswith("train_"):  # train_<preset> or train_<preset>_bf16
             preset = name.removeprefix("train_")
+            dtype = "bfloat16" if preset.endswith("_bf16") else None
+            preset = preset.removesuffix("_bf16")
             r = stage(
                 "train",
                 preset=preset,
                 batch_size=cfg[f"train_batch_{preset}"],
                 steps=cfg.train_steps,
+                dtype=dtype,
             )
         elif name == "sample":
             r = stage("sample", run_dir=cfg.run_dir, n=cfg.sample_n)
@@ -104,20 +115,27 @@ def summary(r: dict) -> dict:
         "sample_decode_mol_per_s",
         "sample_end_to_end_mol_per_s",
         "rdkit_selfies_floor_mol_per_s",
+        "sample_decode_mol_per_s_bf16",
+        "sample_end_to_end_mol_per_s_bf16",
     ):
         s[k] = get("sample", k)
-    if s["sample_end_to_end_mol_per_s"] and s["rdkit_selfies_floor_mol_per_s"]:
-        s["sample_floor_ratio"] = (
-            s["rdkit_selfies_floor_mol_per_s"] / s["sample_end_to_end_mol_per_s"]
-        )
+    floor = s["rdkit_selfies_floor_mol_per_s"]
+    for sfx in ("", "_bf16"):
+        e2e, dec = s[f"sample_end_to_end_mol_per_s{sfx}"], s[f"sample_decode_mol_per_s{sfx}"]
+        if e2e and floor:
+            s[f"sample_floor_ratio{sfx}"] = floor / e2e
+        if dec and floor:  # the ratio with perfect overlap when decoder and RDKit share the cores
+            s[f"sample_floor_ratio_bound{sfx}"] = 1 + floor / dec
     s["preprocess_mol_per_s"] = get("preprocess", "preprocess_mol_per_s")
     s["evaluate_30k_seconds"] = get("evaluate", "evaluate_30k_seconds")
     for k in ("optimize_gradient_calls_per_s", "optimize_bo_calls_per_s"):
         s[k] = get("optimize", k)
     s["peak_rss_mb"] = max((v.get("peak_rss_mb", 0) for v in r.values()), default=None)
+    s["train_mol_per_s_moses_gru_bf16"] = get("train_moses_gru_bf16", "train_mol_per_s")
     s["peer_train_mol_per_s"] = get("peer", "train_mol_per_s")
-    if s["peer_train_mol_per_s"] and s["train_mol_per_s_moses_gru"]:
-        s["moses_gru_vs_peer"] = s["train_mol_per_s_moses_gru"] / s["peer_train_mol_per_s"]
+    for k in ("moses_gru", "moses_gru_bf16"):
+        if s["peer_train_mol_per_s"] and s[f"train_mol_per_s_{k}"]:
+            s[f"{k}_vs_peer"] = s[f"train_mol_per_s_{k}"] / s["peer_train_mol_per_s"]
     return {k: v for k, v in s.items() if v is not None}
 
 
@@ -133,7 +151,16 @@ def markdown(res: dict) -> str:
     lines.insert(1, "|---|---|---|---|")
     ratios = [
         f"- {k}: {res[k]:.3f}"
-        for k in ("mfu_default", "mfu_moses_gru", "moses_gru_vs_peer", "sample_floor_ratio")
+        for k in (
+            "mfu_default",
+            "mfu_moses_gru",
+            "moses_gru_vs_peer",
+            "moses_gru_bf16_vs_peer",
+            "sample_floor_ratio",
+            "sample_floor_ratio_bound",
+            "sample_floor_ratio_bf16",
+            "sample_floor_ratio_bound_bf16",
+        )
         if k in res
     ]
     m = res["machine"]

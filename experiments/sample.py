@@ -14,7 +14,7 @@ def main(cfg: DictConfig) -> None:
     from molvae import runs
 
     out = Path(cfg.run_dir)
-    model = molvae.load(out)
+    model = molvae.load(out, decode_dtype=cfg.decode_dtype)
     smiles = model.sample(cfg.n, temperature=cfg.temperature, seed=cfg.seed, greedy=cfg.greedy)
     df = runs.write_samples(out, smiles)
     log.info(

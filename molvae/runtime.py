@@ -25,6 +25,13 @@ _M_MMAP_MAX = -4
 _M_ARENA_MAX = -8
 _done: bool | None = None
 
+# The same settings for another process, through glibc's environment tunables (the trim
+# threshold is a size there: 1 TiB stands for "never"). The benchmark gives them to the PyTorch
+# reference so both sides of the comparison run with the same allocator.
+GLIBC_TUNABLES = (
+    "glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1099511627776"
+)
+
 
 def tune_allocator() -> bool:
     """Serve large blocks from one never-trimmed glibc heap; True if the settings took effect.

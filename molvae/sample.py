@@ -80,10 +80,21 @@ def _iw_terms(graphdef, params, tokens, lengths, key, k: int):
 class Decoder:
     """Compiled encode/decode around a trained VAE and its vocabulary (numpy in, numpy out)."""
 
-    def __init__(self, model: VAE, vocab: Vocab, max_len: int):
+    def __init__(self, model: VAE, vocab: Vocab, max_len: int, decode_dtype: str = "float32"):
+        """decode_dtype: operand type of the decoder's recurrent matmuls when generating
+        (float32, or bfloat16 for hardware with fast bfloat16 matmuls; sums and states stay
+        float32). Encoding and likelihoods always use the model's own dtype."""
+        if decode_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"decode_dtype must be 'float32' or 'bfloat16', got {decode_dtype!r}")
         self.graphdef, self.params = nnx.split(model)
         self.vocab, self.max_len = vocab, max_len
         self.latent_dim = model.cfg.latent_dim
+        self.decode_dtype = decode_dtype
+        gen = nnx.merge(self.graphdef, self.params)  # same arrays; only the static dtype differs
+        if decode_dtype != model.cfg.dtype:
+            for layer in gen.decoder.layers:
+                layer.dtype = decode_dtype
+        self.gen_graphdef = nnx.split(gen)[0]  # what generation (_start, _segment) runs
 
     # -- latents -> ids -> SMILES ---------------------------------------------------------------
 
@@ -114,7 +125,7 @@ class Decoder:
         """Compile the decoder for every packed batch size now rather than on first use."""
         sizes = [CHUNK >> k for k in range(CHUNK.bit_length()) if CHUNK >> k >= MIN_BUCKET]
         z = np.zeros((CHUNK, self.latent_dim), np.float32)
-        full = _start(self.graphdef, self.params, z, jax.random.key(0))
+        full = _start(self.gen_graphdef, self.params, z, jax.random.key(0))
         t0, temp = jnp.int32(0), jnp.float32(1.0)
         for size in sizes:
             state = _take(full, jnp.arange(size))
@@ -122,7 +133,7 @@ class Decoder:
                 if smaller < size:
                     _take(state, jnp.arange(smaller))
             out = _segment(
-                self.graphdef, self.params, state, jnp.zeros(size, bool), t0, temp, greedy
+                self.gen_graphdef, self.params, state, jnp.zeros(size, bool), t0, temp, greedy
             )
             jax.block_until_ready(out)
 
@@ -132,7 +143,7 @@ class Decoder:
         them, so the work follows the molecules' lengths, not max_len. Same ids as _generate."""
         T = self.max_len + 1
         out = np.zeros((CHUNK, T), np.int32)
-        state = _start(self.graphdef, self.params, z, key)
+        state = _start(self.gen_graphdef, self.params, z, key)
         rows = np.arange(CHUNK)  # row of `out` held by each row of `state` (-1: filler)
         live = rows < n
         temp = jnp.float32(temperature)
@@ -150,7 +161,13 @@ class Decoder:
                 live = rows >= 0
                 idx = np.arange(len(idx))
             state, done, ids = _segment(
-                self.graphdef, self.params, state, jnp.asarray(~live), jnp.int32(t), temp, greedy
+                self.gen_graphdef,
+                self.params,
+                state,
+                jnp.asarray(~live),
+                jnp.int32(t),
+                temp,
+                greedy,
             )
             ids = np.asarray(ids)
             out[rows[idx], t : t + SEGMENT] = ids[idx, : T - t]

@@ -226,3 +226,20 @@ def test_compacting_decoder_gives_the_ids_of_one_full_scan(model, greedy):
         np.testing.assert_array_equal(packed[:n], full[:n])
         assert not packed[n:].any()
     assert (sample._segment._cache_size(), sample._take._cache_size()) == compiled
+
+
+def test_bfloat16_decoding_is_opt_in_and_leaves_encoding_alone(tiny_run, model):
+    fast = molvae.load(tiny_run, decode_dtype="bfloat16")
+    # the loaded model is unchanged: only the graph that generation runs differs
+    assert {layer.dtype for layer in fast.model.decoder.layers} == {"float32"}
+    assert fast._dec.gen_graphdef != fast._dec.graphdef
+    assert model._dec.gen_graphdef == model._dec.graphdef
+    np.testing.assert_array_equal(fast.encode(MOLS), model.encode(MOLS))
+    z = model.encode(MOLS * 8)
+    f32, bf16 = model.decode(z, greedy=True), fast.decode(z, greedy=True)
+    assert sum(a == b for a, b in zip(f32, bf16, strict=True)) >= 0.75 * len(z)
+    out = fast.sample(64, seed=0)
+    assert len(out) == 64 and sum(bool(s) for s in out) >= 48
+    assert fast.sample(64, seed=0) == out
+    with pytest.raises(ValueError, match="decode_dtype"):
+        molvae.load(tiny_run, decode_dtype="float16")

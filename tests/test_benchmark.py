@@ -1,0 +1,67 @@
+"""experiments/benchmark.py: the contract keys, the ratios, and one real stage end to end."""
+
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "experiments"))
+benchmark = pytest.importorskip("benchmark")
+
+CONTRACT = (
+    "matmul_gflops",
+    "train_mol_per_s_default",
+    "train_mol_per_s_moses_gru",
+    "mfu_default",
+    "mfu_moses_gru",
+    "sample_decode_mol_per_s",
+    "sample_end_to_end_mol_per_s",
+    "rdkit_selfies_floor_mol_per_s",
+    "preprocess_mol_per_s",
+    "evaluate_30k_seconds",
+    "peak_rss_mb",
+    "peer_train_mol_per_s",
+)
+
+
+def test_summary_has_the_contract_keys_and_the_ratios():
+    stages = {
+        "matmul": {"matmul_gflops": 200.0, "peak_rss_mb": 300.0},
+        "train_default": {"train_mol_per_s": 1000.0, "train_gflops": 80.0, "peak_rss_mb": 1400.0},
+        "train_moses_gru": {"train_mol_per_s": 140.0, "train_gflops": 150.0, "peak_rss_mb": 9e3},
+        "train_moses_gru_bf16": {"train_mol_per_s": 160.0},
+        "sample": {
+            "sample_decode_mol_per_s": 8000.0,
+            "sample_end_to_end_mol_per_s": 3000.0,
+            "rdkit_selfies_floor_mol_per_s": 6000.0,
+        },
+        "preprocess": {"preprocess_mol_per_s": 4000.0},
+        "evaluate": {"evaluate_30k_seconds": 240.0},
+        "peer": {"train_mol_per_s": 80.0},
+    }
+    s = benchmark.summary(stages)
+    assert set(CONTRACT) <= set(s)
+    assert s["mfu_default"] == pytest.approx(0.4) and s["mfu_moses_gru"] == pytest.approx(0.75)
+    assert s["moses_gru_vs_peer"] == pytest.approx(1.75)
+    assert s["moses_gru_bf16_vs_peer"] == pytest.approx(2.0)
+    assert s["sample_floor_ratio"] == pytest.approx(2.0)
+    assert s["sample_floor_ratio_bound"] == pytest.approx(1.75)
+    assert s["peak_rss_mb"] == 9e3
+    md = benchmark.markdown(
+        {"machine": {"platform": "x", "python": "3", "cpus": 2}, **s, "stages": stages}
+    )
+    assert "- moses_gru_vs_peer: 1.750" in md and "| sample | sample_decode_mol_per_s |" in md
+
+
+def test_missing_reference_is_reported_not_raised(tmp_path):
+    cfg = OmegaConf.create(
+        {"peer_python": str(tmp_path / "none"), "peer_molecules": 10, "peer_batches": 1}
+    )
+    assert "make peer" in benchmark.peer(cfg)["error"]
+
+
+def test_matmul_stage_runs_in_its_own_process():
+    r = benchmark.stage("matmul")
+    assert r["matmul_gflops"] > 1 and r["peak_rss_mb"] > 10
+    assert isinstance(r["tuned_allocator"], bool)
