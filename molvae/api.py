@@ -28,7 +28,7 @@ class MolVAE:
         max_len: int,
         run_dir: Path | None = None,
         config: dict | None = None,
-        decode_dtype: str = "float32",
+        decode_dtype: str | None = None,
     ):
         self.model, self.vocab, self.max_len = model, vocab, max_len
         self.run_dir, self.config = run_dir, config or {}
@@ -163,13 +163,14 @@ def _restore_params(model: VAE, run_dir: Path) -> None:
     log.info("loaded %s at step %d", run_dir, step)
 
 
-def load(run_dir: str | Path, decode_dtype: str = "float32") -> MolVAE:
+def load(run_dir: str | Path, decode_dtype: str | None = None) -> MolVAE:
     """A trained model from a run folder, or 'pretrained:moses' for the shipped MOSES model.
 
     Reads run.json and vocab.json as plain data (nothing in the folder is executed or
     instantiated), then the parameters from params.npz or the latest orbax checkpoint.
     decode_dtype="bfloat16" generates (sample, decode) with bfloat16 matmul operands: faster
-    on hardware with bfloat16 units, and the molecules differ slightly from float32's.
+    on hardware with bfloat16 units, and the molecules differ slightly from float32's. None
+    keeps the model's own dtype.
     """
     if isinstance(run_dir, str) and run_dir.startswith("pretrained:"):
         name = run_dir.split(":", 1)[1]

@@ -80,10 +80,13 @@ def _iw_terms(graphdef, params, tokens, lengths, key, k: int):
 class Decoder:
     """Compiled encode/decode around a trained VAE and its vocabulary (numpy in, numpy out)."""
 
-    def __init__(self, model: VAE, vocab: Vocab, max_len: int, decode_dtype: str = "float32"):
-        """decode_dtype: operand type of the decoder's recurrent matmuls when generating
-        (float32, or bfloat16 for hardware with fast bfloat16 matmuls; sums and states stay
+    def __init__(
+        self, model: VAE, vocab: Vocab, max_len: int, decode_dtype: str | None = None
+    ) -> None:
+        """decode_dtype: operand type of the decoder's recurrent matmuls when generating (None:
+        the model's own; bfloat16 for hardware with fast bfloat16 matmuls; sums and states stay
         float32). Encoding and likelihoods always use the model's own dtype."""
+        decode_dtype = decode_dtype or model.cfg.dtype
         if decode_dtype not in ("float32", "bfloat16"):
             raise ValueError(f"decode_dtype must be 'float32' or 'bfloat16', got {decode_dtype!r}")
         self.graphdef, self.params = nnx.split(model)

@@ -46,7 +46,7 @@ def test_summary_has_the_contract_keys_and_the_ratios():
     assert s["moses_gru_vs_peer"] == pytest.approx(1.75)
     assert s["moses_gru_bf16_vs_peer"] == pytest.approx(2.0)
     assert s["sample_floor_ratio"] == pytest.approx(2.0)
-    assert s["sample_floor_ratio_bound"] == pytest.approx(1.75)
+    assert s["sample_floor_ratio_serial"] == pytest.approx(1.75)
     assert s["peak_rss_mb"] == 9e3
     md = benchmark.markdown(
         {"machine": {"platform": "x", "python": "3", "cpus": 2}, **s, "stages": stages}
