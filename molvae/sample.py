@@ -92,12 +92,12 @@ class Decoder:
         self.graphdef, self.params = nnx.split(model)
         self.vocab, self.max_len = vocab, max_len
         self.latent_dim = model.cfg.latent_dim
-        self.decode_dtype = decode_dtype
-        gen = nnx.merge(self.graphdef, self.params)  # same arrays; only the static dtype differs
+        self.gen_graphdef = self.graphdef  # what generation (_start, _segment) runs
         if decode_dtype != model.cfg.dtype:
+            gen = nnx.merge(self.graphdef, self.params)  # same arrays; only the dtype differs
             for layer in gen.decoder.layers:
                 layer.dtype = decode_dtype
-        self.gen_graphdef = nnx.split(gen)[0]  # what generation (_start, _segment) runs
+            self.gen_graphdef = nnx.split(gen)[0]
 
     # -- latents -> ids -> SMILES ---------------------------------------------------------------
 
