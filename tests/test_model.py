@@ -1,6 +1,7 @@
 """The model's pieces against closed forms and reference computations."""
 
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -230,3 +231,38 @@ def test_draw_follows_the_softmax_and_never_draws_a_masked_token():
     # all mass on the last token: drawn even when u is close to 1
     last = jnp.full((64, 6), -jnp.inf).at[:, -1].set(0.0)
     assert (np.asarray(_draw(keys[:64], jnp.int32(0), last)) == 5).all()
+
+
+def test_mixed_dense_runs_every_matmul_on_bfloat16_operands_with_float32_sums():
+    """dense(..., 'bfloat16'): the forward and both backward matmuls take bfloat16 operands and
+    sum in float32 (the form CPUs and accelerators run fast); values and gradients stay within
+    bfloat16 rounding of float32."""
+    from molvae.models.gru import dense
+
+    kx, kw = jax.random.split(jax.random.key(3))
+    x = jax.random.normal(kx, (4, 6, 32))
+    w = jax.random.normal(kw, (32, 48)) / 6
+
+    def loss(x, w, dtype):
+        return jnp.sum(jnp.sin(dense(x, w, dtype)))
+
+    grad = jax.grad(loss, argnums=(0, 1))
+    jaxpr = jax.make_jaxpr(lambda x, w: grad(x, w, "bfloat16"))(x, w)
+    dots = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "dot_general"]
+    dots += [
+        e
+        for eq in jaxpr.jaxpr.eqns
+        for sub in jax.extend.core.jaxprs_in_params(eq.params)
+        for e in sub.eqns
+        if e.primitive.name == "dot_general"
+    ]
+    assert len(dots) == 3  # forward, d/dx, d/dw
+    for e in dots:
+        assert [v.aval.dtype for v in e.invars] == [jnp.bfloat16, jnp.bfloat16]
+        assert e.outvars[0].aval.dtype == jnp.float32
+    y32, y16 = dense(x, w), dense(x, w, "bfloat16")
+    assert y16.dtype == jnp.float32 and y16.shape == (4, 6, 48)
+    np.testing.assert_allclose(y16, y32, atol=0.05)
+    for a, b in zip(grad(x, w, "float32"), grad(x, w, "bfloat16"), strict=True):
+        assert b.dtype == jnp.float32 and b.shape == a.shape
+        assert float(jnp.linalg.norm(a - b) / jnp.linalg.norm(a)) < 0.02
