@@ -23,21 +23,25 @@ def peak_rss_mb() -> float:
 
 
 def matmul(n: int = 2048, reps: int = 20) -> dict:
-    """float32 matmul GFLOP/s of this machine: the ceiling for model FLOPs utilization."""
+    """Matmul GFLOP/s of this machine, the ceiling for model FLOPs utilization: float32, and
+    bfloat16 operands with float32 sums (what model.dtype=bfloat16 runs)."""
     import jax
     import jax.numpy as jnp
 
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    f = jax.jit(lambda x: x @ x)
-    f(a).block_until_ready()
-    best = float("inf")
-    for _ in range(3):
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            out = f(a)
-        out.block_until_ready()
-        best = min(best, (time.perf_counter() - t0) / reps)
-    return {"matmul_gflops": 2 * n**3 / best / 1e9}
+    def peak(dtype) -> float:
+        a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
+        f = jax.jit(lambda x: jnp.dot(x, x, preferred_element_type=jnp.float32))
+        f(a).block_until_ready()
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                out = f(a)
+            out.block_until_ready()
+            best = min(best, (time.perf_counter() - t0) / reps)
+        return 2 * n**3 / best / 1e9
+
+    return {"matmul_gflops": peak(jnp.float32), "matmul_gflops_bf16": peak(jnp.bfloat16)}
 
 
 # ----------------------------------------------------------------------------- training

@@ -105,11 +105,13 @@ def summary(r: dict) -> dict:
     s: dict = {}
     get = lambda st, k: r.get(st, {}).get(k)  # noqa: E731
     s["matmul_gflops"] = get("matmul", "matmul_gflops")
-    for preset in ("default", "moses_gru"):
+    s["matmul_gflops_bf16"] = get("matmul", "matmul_gflops_bf16")
+    for preset in ("default", "moses_gru", "default_bf16", "moses_gru_bf16"):
         st = f"train_{preset}"
         s[f"train_mol_per_s_{preset}"] = get(st, "train_mol_per_s")
-        if get(st, "train_gflops") and s["matmul_gflops"]:
-            s[f"mfu_{preset}"] = get(st, "train_gflops") / s["matmul_gflops"]
+        peak = s["matmul_gflops_bf16" if preset.endswith("_bf16") else "matmul_gflops"]
+        if get(st, "train_gflops") and peak:  # against the peak of the stage's own dtype
+            s[f"mfu_{preset}"] = get(st, "train_gflops") / peak
         s[f"recompiles_after_warmup_{preset}"] = get(st, "recompiles_after_warmup")
     for k in (
         "sample_decode_mol_per_s",
@@ -131,7 +133,6 @@ def summary(r: dict) -> dict:
     for k in ("optimize_gradient_calls_per_s", "optimize_bo_calls_per_s"):
         s[k] = get("optimize", k)
     s["peak_rss_mb"] = max((v.get("peak_rss_mb", 0) for v in r.values()), default=None)
-    s["train_mol_per_s_moses_gru_bf16"] = get("train_moses_gru_bf16", "train_mol_per_s")
     s["peer_train_mol_per_s"] = get("peer", "train_mol_per_s")
     for k in ("moses_gru", "moses_gru_bf16"):
         if s["peer_train_mol_per_s"] and s[f"train_mol_per_s_{k}"]:
@@ -154,6 +155,8 @@ def markdown(res: dict) -> str:
         for k in (
             "mfu_default",
             "mfu_moses_gru",
+            "mfu_default_bf16",
+            "mfu_moses_gru_bf16",
             "moses_gru_vs_peer",
             "moses_gru_bf16_vs_peer",
             "sample_floor_ratio",

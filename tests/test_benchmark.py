@@ -27,10 +27,10 @@ CONTRACT = (
 
 def test_summary_has_the_contract_keys_and_the_ratios():
     stages = {
-        "matmul": {"matmul_gflops": 200.0, "peak_rss_mb": 300.0},
+        "matmul": {"matmul_gflops": 200.0, "matmul_gflops_bf16": 400.0, "peak_rss_mb": 300.0},
         "train_default": {"train_mol_per_s": 1000.0, "train_gflops": 80.0, "peak_rss_mb": 1400.0},
         "train_moses_gru": {"train_mol_per_s": 140.0, "train_gflops": 150.0, "peak_rss_mb": 9e3},
-        "train_moses_gru_bf16": {"train_mol_per_s": 160.0},
+        "train_moses_gru_bf16": {"train_mol_per_s": 160.0, "train_gflops": 200.0},
         "sample": {
             "sample_decode_mol_per_s": 8000.0,
             "sample_end_to_end_mol_per_s": 3000.0,
@@ -45,6 +45,7 @@ def test_summary_has_the_contract_keys_and_the_ratios():
     assert s["mfu_default"] == pytest.approx(0.4) and s["mfu_moses_gru"] == pytest.approx(0.75)
     assert s["moses_gru_vs_peer"] == pytest.approx(1.75)
     assert s["moses_gru_bf16_vs_peer"] == pytest.approx(2.0)
+    assert s["mfu_moses_gru_bf16"] == pytest.approx(0.5)  # against the bfloat16 peak
     assert s["sample_floor_ratio"] == pytest.approx(2.0)
     assert s["sample_floor_ratio_serial"] == pytest.approx(1.75)
     assert s["peak_rss_mb"] == 9e3
@@ -63,5 +64,5 @@ def test_missing_reference_is_reported_not_raised(tmp_path):
 
 def test_matmul_stage_runs_in_its_own_process():
     r = benchmark.stage("matmul")
-    assert r["matmul_gflops"] > 1 and r["peak_rss_mb"] > 10
+    assert r["matmul_gflops"] > 1 and r["matmul_gflops_bf16"] > 1 and r["peak_rss_mb"] > 10
     assert isinstance(r["tuned_allocator"], bool)
