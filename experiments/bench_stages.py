@@ -105,6 +105,8 @@ def train(
         i += 1
     jax.block_until_ready(aux)
     compiled = step_fn._cache_size()
+    # The host's speed drifts (shared cores): measure the peak again next to the timed windows.
+    peak = matmul(reps=10)
     rates, tok_rates = [], []
     for _ in range(windows):  # the median window: one window's figure moves by ~20% on 2 cores
         n_tok = n_mol = 0
@@ -133,6 +135,7 @@ def train(
         "compiled_shapes": compiled,
         "recompiles_after_warmup": step_fn._cache_size() - compiled,
         "padding_fraction": 1 - float(np.mean(lengths)) / (tok_rates[mid] / rates[mid]),
+        **{f"{k}_here": v for k, v in peak.items()},
     }
 
 

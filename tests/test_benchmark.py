@@ -29,8 +29,17 @@ def test_summary_has_the_contract_keys_and_the_ratios():
     stages = {
         "matmul": {"matmul_gflops": 200.0, "matmul_gflops_bf16": 400.0, "peak_rss_mb": 300.0},
         "train_default": {"train_mol_per_s": 1000.0, "train_gflops": 80.0, "peak_rss_mb": 1400.0},
-        "train_moses_gru": {"train_mol_per_s": 140.0, "train_gflops": 150.0, "peak_rss_mb": 9e3},
-        "train_moses_gru_bf16": {"train_mol_per_s": 160.0, "train_gflops": 200.0},
+        "train_moses_gru": {
+            "train_mol_per_s": 140.0,
+            "train_gflops": 150.0,
+            "matmul_gflops_here": 187.5,
+            "peak_rss_mb": 9e3,
+        },
+        "train_moses_gru_bf16": {
+            "train_mol_per_s": 160.0,
+            "train_gflops": 200.0,
+            "matmul_gflops_bf16_here": 300.0,  # lower than the matmul stage's: not used
+        },
         "sample": {
             "sample_decode_mol_per_s": 8000.0,
             "sample_end_to_end_mol_per_s": 3000.0,
@@ -43,6 +52,9 @@ def test_summary_has_the_contract_keys_and_the_ratios():
     s = benchmark.summary(stages)
     assert set(CONTRACT) <= set(s)
     assert s["mfu_default"] == pytest.approx(0.4) and s["mfu_moses_gru"] == pytest.approx(0.75)
+    stages["matmul"]["matmul_gflops"] = 100.0  # a slow moment: the stage's own peak is used
+    assert benchmark.summary(stages)["mfu_moses_gru"] == pytest.approx(0.8)
+    stages["matmul"]["matmul_gflops"] = 200.0
     assert s["moses_gru_vs_peer"] == pytest.approx(1.75)
     assert s["moses_gru_bf16_vs_peer"] == pytest.approx(2.0)
     assert s["mfu_moses_gru_bf16"] == pytest.approx(0.5)  # against the bfloat16 peak
