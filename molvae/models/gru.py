@@ -22,7 +22,7 @@ class GRU(nnx.Module):
         """dtype: operand type of the matmuls (float32 or bfloat16); they accumulate, and the
         gates and states stay, in float32."""
         self.hidden, self.dtype = hidden, dtype
-        self.wi = nnx.Linear(in_features, 3 * hidden, dtype=jnp.dtype(dtype), rngs=rngs)
+        self.wi = nnx.Linear(in_features, 3 * hidden, rngs=rngs)  # parameters; project() multiplies
         # Orthogonal recurrent weights per gate keep the early dynamics well conditioned.
         ortho = nnx.initializers.orthogonal()
         wh = jnp.concatenate([ortho(rngs.params(), (hidden, hidden)) for _ in range(3)], axis=1)
