@@ -83,7 +83,7 @@ class Decoder:
     def __init__(
         self, model: VAE, vocab: Vocab, max_len: int, decode_dtype: str | None = None
     ) -> None:
-        """decode_dtype: operand type of the decoder's recurrent matmuls when generating (None:
+        """decode_dtype: operand type of the decoder's GRU matmuls when generating (None:
         the model's own; bfloat16 for hardware with fast bfloat16 matmuls; sums and states stay
         float32). Encoding and likelihoods always use the model's own dtype."""
         decode_dtype = decode_dtype or model.cfg.dtype
