@@ -19,16 +19,16 @@ from molvae.vocab import UnknownSymbolError, Vocab
 
 log = logging.getLogger(__name__)
 
-CHUNK = 512  # latents per decoded chunk; with the packed sizes CHUNK / 2^k, a fixed set of shapes
+CHUNK = 512  # latents per key chunk and decoding slots; the packed sizes are CHUNK / 2^k
 
 
-SEGMENT = 8  # decoding steps per jitted call; finished rows are dropped between calls
+SEGMENT = 8  # decoding steps per jitted call; slots are refilled or packed between calls
 MIN_BUCKET = 32  # smallest batch the unfinished rows are packed into (sizes CHUNK / 2^k)
 
 
 @partial(jax.jit, static_argnames=("graphdef", "max_len", "greedy"))
 def _generate(graphdef, params, z, key, temperature, max_len: int, greedy: bool):
-    """Every row for all max_len + 1 steps in one scan (the reference for _decode_chunk)."""
+    """Every row for all max_len + 1 steps in one scan (the reference for Decoder._iter_ids)."""
     return nnx.merge(graphdef, params).generate(z, key, max_len, temperature, greedy)
 
 
@@ -39,10 +39,10 @@ def _start(graphdef, params, z, key):
 
 
 @partial(jax.jit, static_argnames=("graphdef", "greedy"))
-def _segment(graphdef, params, state, done, t0, temperature, greedy: bool):
+def _segment(graphdef, params, state, done, pos, temperature, greedy: bool):
     zin, hs, token, keys = state
     token, hs, done, ids = nnx.merge(graphdef, params).decode_steps(
-        zin, hs, token, done, keys, t0, SEGMENT, temperature, greedy
+        zin, hs, token, done, keys, pos, SEGMENT, temperature, greedy
     )
     return (zin, hs, token, keys), done, ids
 
@@ -50,6 +50,16 @@ def _segment(graphdef, params, state, done, t0, temperature, greedy: bool):
 @jax.jit
 def _take(state, rows):
     return jax.tree.map(lambda x: x[rows], state)
+
+
+@jax.jit
+def _refill(state, fresh, src, mask):
+    """Rows where mask is set start over as row src of the start state `fresh`."""
+    return jax.tree.map(
+        lambda old, new: jnp.where(mask.reshape((-1,) + (1,) * (old.ndim - 1)), new[src], old),
+        state,
+        fresh,
+    )
 
 
 @partial(jax.jit, static_argnames=("graphdef",))
@@ -109,73 +119,111 @@ class Decoder:
         return np.concatenate(out) if out else np.zeros((0, self.max_len + 1), np.int32)
 
     def _iter_ids(self, z, seed: int, temperature: float, greedy: bool):
-        """Ids chunk by chunk (CHUNK latents each, the last one padded)."""
+        """Ids (CHUNK rows at a time, in order; the last block shorter) for latents z.
+
+        Continuous batching: CHUNK decoding slots run SEGMENT steps per jitted call, and
+        between calls every slot whose molecule has finished (eos or max_len) starts the next
+        latent. The network thus runs at full batch on real work, whatever the molecules'
+        lengths; when no latents are left, the unfinished rows are packed into the smallest
+        batch of CHUNK / 2^k that holds them. Latent j of chunk c = j // CHUNK draws with key
+        split(fold_in(key(seed), c), CHUNK)[j % CHUNK], so the ids are those of _generate on
+        each padded chunk, and do not depend on which other latents share the batch."""
         z = np.asarray(z, np.float32)
         if z.ndim != 2 or z.shape[1] != self.latent_dim:
             raise ValueError(f"latents must have shape (n, {self.latent_dim}), got {z.shape}")
         if not greedy and not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
+        n, T = len(z), self.max_len + 1
+        if n == 0:
+            return
         key = jax.random.key(seed)
-        for c, i in enumerate(range(0, len(z), CHUNK)):
-            zc = z[i : i + CHUNK]
-            padded = np.concatenate([zc, np.zeros((CHUNK - len(zc), z.shape[1]), np.float32)])
-            ids = self._decode_chunk(
-                padded, len(zc), jax.random.fold_in(key, c), temperature, greedy
+        temp = jnp.float32(temperature)
+
+        def start(c: int):  # start state of chunk c (CHUNK rows, the last chunk padded)
+            zc = z[c * CHUNK : (c + 1) * CHUNK]
+            zc = np.concatenate([zc, np.zeros((CHUNK - len(zc), zc.shape[1]), np.float32)])
+            return _start(self.gen_graphdef, self.params, zc, jax.random.fold_in(key, c))
+
+        n_chunks = -(-n // CHUNK)
+        out = {0: np.zeros((min(CHUNK, n), T), np.int32)}  # chunk -> its ids, until yielded
+        left = {0: min(CHUNK, n)}  # chunk -> molecules not finished yet
+        state = start(0)
+        mol = np.where(np.arange(CHUNK) < n, np.arange(CHUNK), -1)  # molecule held by a slot
+        pos = np.zeros(CHUNK, np.int32)  # that molecule's position (steps decoded)
+        nxt, fresh, fresh_c = min(CHUNK, n), None, -1  # next latent; its chunk's start state
+        emitted = 0  # chunks yielded so far
+        while emitted < n_chunks:
+            free = np.flatnonzero(mol < 0)
+            if nxt < n and len(free):  # refill the free slots with the next latents
+                while nxt < n and len(free):
+                    c = nxt // CHUNK
+                    if c != fresh_c:
+                        fresh, fresh_c = start(c), c
+                        out[c] = np.zeros((min(CHUNK, n - c * CHUNK), T), np.int32)
+                        left[c] = len(out[c])
+                    k = min(len(free), (c + 1) * CHUNK - nxt, n - nxt)
+                    src, mask = np.zeros(len(mol), np.int32), np.zeros(len(mol), bool)
+                    src[free[:k]] = nxt - c * CHUNK + np.arange(k)
+                    mask[free[:k]] = True
+                    state = _refill(state, fresh, jnp.asarray(src), jnp.asarray(mask))
+                    mol[free[:k]], pos[free[:k]] = nxt + np.arange(k), 0
+                    nxt, free = nxt + k, free[k:]
+            elif nxt >= n:  # nothing left to start: pack the unfinished rows
+                idx = np.flatnonzero(mol >= 0)
+                size = len(mol)
+                while size // 2 >= max(len(idx), MIN_BUCKET):
+                    size //= 2
+                if size < len(mol):  # pad with a copy of a live row, held by no molecule
+                    sel = np.concatenate([idx, np.full(size - len(idx), idx[0])])
+                    state = _take(state, jnp.asarray(sel))
+                    mol = np.concatenate([mol[idx], np.full(size - len(idx), -1)])
+                    pos = np.concatenate([pos[idx], np.zeros(size - len(idx), np.int32)])
+            live = mol >= 0
+            state, done, ids = _segment(
+                self.gen_graphdef,
+                self.params,
+                state,
+                jnp.asarray(~live),
+                jnp.asarray(pos),
+                temp,
+                greedy,
             )
-            yield ids[: len(zc)]
+            ids, done = np.asarray(ids), np.asarray(done)
+            slot = np.flatnonzero(live)
+            cols = pos[slot, None] + np.arange(SEGMENT)  # (live, SEGMENT) positions written
+            keep = cols < T
+            rows = np.broadcast_to(mol[slot, None], cols.shape)[keep]
+            vals, cols = ids[slot][keep], cols[keep]
+            for c in np.unique(rows // CHUNK):
+                at = rows // CHUNK == c
+                out[c][rows[at] - c * CHUNK, cols[at]] = vals[at]
+            pos[slot] += SEGMENT
+            finished = slot[done[slot] | (pos[slot] >= T)]
+            for c, k in zip(*np.unique(mol[finished] // CHUNK, return_counts=True), strict=True):
+                left[c] -= k
+            mol[finished] = -1
+            while emitted in left and left[emitted] == 0:
+                del left[emitted]
+                yield out.pop(emitted)
+                emitted += 1
 
     def warm_up(self, greedy: bool = False) -> None:
         """Compile the decoder for every packed batch size now rather than on first use."""
         sizes = [CHUNK >> k for k in range(CHUNK.bit_length()) if CHUNK >> k >= MIN_BUCKET]
         z = np.zeros((CHUNK, self.latent_dim), np.float32)
         full = _start(self.gen_graphdef, self.params, z, jax.random.key(0))
-        t0, temp = jnp.int32(0), jnp.float32(1.0)
+        full = _refill(full, full, jnp.zeros(CHUNK, jnp.int32), jnp.zeros(CHUNK, bool))
+        temp = jnp.float32(1.0)
         for size in sizes:
             state = _take(full, jnp.arange(size))
             for smaller in sizes:
                 if smaller < size:
                     _take(state, jnp.arange(smaller))
+            pos = jnp.zeros(size, jnp.int32)
             out = _segment(
-                self.gen_graphdef, self.params, state, jnp.zeros(size, bool), t0, temp, greedy
+                self.gen_graphdef, self.params, state, jnp.zeros(size, bool), pos, temp, greedy
             )
             jax.block_until_ready(out)
-
-    def _decode_chunk(self, z, n: int, key, temperature: float, greedy: bool) -> np.ndarray:
-        """Ids (CHUNK, max_len + 1) of the first n rows of z, SEGMENT steps per call. Between
-        calls the unfinished rows are packed into the smallest batch of CHUNK / 2^k that holds
-        them, so the work follows the molecules' lengths, not max_len. Same ids as _generate."""
-        T = self.max_len + 1
-        out = np.zeros((CHUNK, T), np.int32)
-        state = _start(self.gen_graphdef, self.params, z, key)
-        rows = np.arange(CHUNK)  # row of `out` held by each row of `state` (-1: filler)
-        live = rows < n
-        temp = jnp.float32(temperature)
-        for t in range(0, T, SEGMENT):
-            idx = np.flatnonzero(live)
-            if not len(idx):
-                break
-            size = len(rows)
-            while size // 2 >= max(len(idx), MIN_BUCKET):
-                size //= 2
-            if size < len(rows):  # pack the unfinished rows, pad with a finished copy
-                sel = np.concatenate([idx, np.full(size - len(idx), idx[0])])
-                state = _take(state, jnp.asarray(sel))
-                rows = np.concatenate([rows[idx], np.full(size - len(idx), -1)])
-                live = rows >= 0
-                idx = np.arange(len(idx))
-            state, done, ids = _segment(
-                self.gen_graphdef,
-                self.params,
-                state,
-                jnp.asarray(~live),
-                jnp.int32(t),
-                temp,
-                greedy,
-            )
-            ids = np.asarray(ids)
-            out[rows[idx], t : t + SEGMENT] = ids[idx, : T - t]
-            live = ~np.asarray(done)
-        return out
 
     def ids_to_smiles(self, ids: np.ndarray, n_jobs: int | None = None) -> list[str]:
         """Canonical SMILES per row ('' where the SELFIES decodes to nothing valid)."""

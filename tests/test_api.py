@@ -205,27 +205,33 @@ def test_large_decode_overlaps_rdkit_and_matches_the_serial_path(model):
 
 
 @pytest.mark.parametrize("greedy", [False, True])
-def test_compacting_decoder_gives_the_ids_of_one_full_scan(model, greedy):
-    """Dropping finished rows between segments changes the work done, never the molecules."""
+def test_continuous_batching_gives_the_ids_of_one_full_scan_per_chunk(model, greedy):
+    """Refilling finished slots and packing the tail change the work done, never the
+    molecules: every chunk's ids are those of one full-length scan over that chunk alone."""
     import jax
     import jax.numpy as jnp
 
     from molvae import sample
 
     dec = model._dec
-    z = sample.prior(sample.CHUNK, model.latent_dim, seed=5)
-    key = jax.random.key(7)
-    full = sample._generate(dec.graphdef, dec.params, z, key, jnp.float32(1.0), dec.max_len, greedy)
-    full = np.asarray(full)
-    lengths = (full > 0).sum(1)
-    assert lengths.min() + sample.SEGMENT < lengths.max()  # rows finish in different segments
+    C = sample.CHUNK
     dec.warm_up(greedy)
-    compiled = sample._segment._cache_size(), sample._take._cache_size()
-    for n in (sample.CHUNK, 37):
-        packed = dec._decode_chunk(z, n, key, 1.0, greedy)
-        np.testing.assert_array_equal(packed[:n], full[:n])
-        assert not packed[n:].any()
-    assert (sample._segment._cache_size(), sample._take._cache_size()) == compiled
+    compiled = [f._cache_size() for f in (sample._segment, sample._take, sample._refill)]
+    for n in (2 * C + 37, 37):
+        z = sample.prior(n, model.latent_dim, seed=5)
+        ids = dec.decode_ids(z, seed=7, greedy=greedy)
+        for c in range(-(-n // C)):
+            zc = z[c * C : (c + 1) * C]
+            padded = np.concatenate([zc, np.zeros((C - len(zc), zc.shape[1]), np.float32)])
+            key = jax.random.fold_in(jax.random.key(7), c)
+            full = sample._generate(
+                dec.graphdef, dec.params, padded, key, jnp.float32(1.0), dec.max_len, greedy
+            )
+            full = np.asarray(full)[: len(zc)]
+            lengths = (full > 0).sum(1)
+            assert lengths.min() + sample.SEGMENT < lengths.max()  # slots refill at many steps
+            np.testing.assert_array_equal(ids[c * C : c * C + len(zc)], full)
+    assert [f._cache_size() for f in (sample._segment, sample._take, sample._refill)] == compiled
 
 
 def test_bfloat16_decoding_is_opt_in_and_leaves_encoding_alone(tiny_run, model):

@@ -184,9 +184,9 @@ class VAE(nnx.Module):
         temperature: float | jax.Array = 1.0,
         greedy: bool = False,
     ) -> tuple[jax.Array, list[jax.Array], jax.Array, jax.Array]:
-        """`steps` decoding steps from position t0: (token, states, done) after them and the
-        ids emitted (B, steps). Rows that are done emit pad (0); step t of row i samples with
-        fold_in(row_keys[i], t)."""
+        """`steps` decoding steps from position t0 (a scalar, or (B,) for rows at different
+        positions): (token, states, done) after them and the ids emitted (B, steps). Rows that
+        are done emit pad (0); position t of row i samples with fold_in(row_keys[i], t)."""
 
         table = self.decoder.input_table()
 
@@ -202,16 +202,16 @@ class VAE(nnx.Module):
             done = done | (nxt == 2)
             return (nxt, hs, done), nxt
 
-        ts = t0 + jnp.arange(steps)
+        ts = jnp.arange(steps)[:, None] + jnp.broadcast_to(t0, token.shape)[None, :]  # (steps, B)
         (token, hs, done), out = jax.lax.scan(body, (token, hs, done), ts)
         return token, hs, done, out.T
 
 
 def _draw(row_keys: jax.Array, t: jax.Array, logits: jax.Array) -> jax.Array:
     """One categorical draw per row from logits (B, V), by inverting the CDF with a single
-    uniform per row from fold_in(row_keys[i], t): one random word per row and step, where
+    uniform per row from fold_in(row_keys[i], t[i]): one random word per row and step, where
     Gumbel-max needs V of them."""
-    u = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, t)))(row_keys)  # (B,)
+    u = jax.vmap(lambda k, ti: jax.random.uniform(jax.random.fold_in(k, ti)))(row_keys, t)
     cdf = jnp.cumsum(jax.nn.softmax(logits, axis=-1), axis=-1)  # (B, V)
     below = cdf <= (u * cdf[:, -1])[:, None]  # the first entry with cdf > u is drawn
     return jnp.minimum(below.sum(-1), logits.shape[-1] - 1).astype(jnp.int32)
