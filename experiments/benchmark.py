@@ -131,6 +131,15 @@ def summary(r: dict) -> dict:
             s[f"sample_floor_ratio{sfx}"] = floor / e2e
         if dec and floor:  # the ratio if decoding and RDKit ran one after the other
             s[f"sample_floor_ratio_serial{sfx}"] = 1 + floor / dec
+        # Decoding FLOPs utilization, and the best ratio this machine allows when the network
+        # shares its cores with RDKit: decoding at the matmul peak with no overhead.
+        key = "matmul_gflops_bf16" if sfx else "matmul_gflops"
+        peak = max((p for p in (s[key], get("sample", f"{key}_here")) if p), default=None)
+        mflop = get("sample", "sample_decode_mflop_per_mol")
+        if dec and peak and mflop:
+            s[f"mfu_sample_decode{sfx}"] = dec * mflop / 1e3 / peak
+            if floor:
+                s[f"sample_floor_ratio_bound{sfx}"] = 1 + floor * mflop / 1e3 / peak
     s["preprocess_mol_per_s"] = get("preprocess", "preprocess_mol_per_s")
     s["evaluate_30k_seconds"] = get("evaluate", "evaluate_30k_seconds")
     for k in ("optimize_gradient_calls_per_s", "optimize_bo_calls_per_s"):
@@ -166,6 +175,10 @@ def markdown(res: dict) -> str:
             "sample_floor_ratio_serial",
             "sample_floor_ratio_bf16",
             "sample_floor_ratio_serial_bf16",
+            "mfu_sample_decode",
+            "mfu_sample_decode_bf16",
+            "sample_floor_ratio_bound",
+            "sample_floor_ratio_bound_bf16",
         )
         if k in res
     ]

@@ -44,6 +44,8 @@ def test_summary_has_the_contract_keys_and_the_ratios():
             "sample_decode_mol_per_s": 8000.0,
             "sample_end_to_end_mol_per_s": 3000.0,
             "rdkit_selfies_floor_mol_per_s": 6000.0,
+            "sample_decode_mflop_per_mol": 20.0,
+            "matmul_gflops_here": 100.0,  # lower than the matmul stage's: not used
         },
         "preprocess": {"preprocess_mol_per_s": 4000.0},
         "evaluate": {"evaluate_30k_seconds": 240.0},
@@ -60,6 +62,9 @@ def test_summary_has_the_contract_keys_and_the_ratios():
     assert s["mfu_moses_gru_bf16"] == pytest.approx(0.5)  # against the bfloat16 peak
     assert s["sample_floor_ratio"] == pytest.approx(2.0)
     assert s["sample_floor_ratio_serial"] == pytest.approx(1.75)
+    assert s["mfu_sample_decode"] == pytest.approx(8000 * 20e6 / 200e9)
+    # decoding at 200 GFLOP/s: 10,000 molecules/s, so at best 1 + 6,000/10,000
+    assert s["sample_floor_ratio_bound"] == pytest.approx(1.6)
     assert s["peak_rss_mb"] == 9e3
     md = benchmark.markdown(
         {"machine": {"platform": "x", "python": "3", "cpus": 2}, **s, "stages": stages}
@@ -78,3 +83,15 @@ def test_matmul_stage_runs_in_its_own_process():
     r = benchmark.stage("matmul")
     assert r["matmul_gflops"] > 1 and r["matmul_gflops_bf16"] > 1 and r["peak_rss_mb"] > 10
     assert isinstance(r["tuned_allocator"], bool)
+
+
+def test_decode_flops_count_each_matmul_once():
+    import bench_stages
+
+    from molvae.models.vae import ModelConfig
+
+    cfg = ModelConfig(latent_dim=8, dec_hidden=4, dec_layers=2, vocab_size=5)
+    once = 2 * 8 * (4 * 2 + 3 * 4)  # z -> both initial states, z -> layer 0's input
+    # per token: 2 recurrent (4x12), layer 1's input (4x12), output (4x5)
+    per_token = 2 * (2 * 4 * 12) + 2 * 4 * 12 + 2 * 4 * 5
+    assert bench_stages.decode_flops_per_molecule(cfg, 10.0) == once + 10 * per_token
