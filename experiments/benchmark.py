@@ -10,6 +10,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import hydra
@@ -47,12 +48,25 @@ def peer(cfg: DictConfig) -> dict:
     env = dict(os.environ)
     if cfg.peer_tuned_allocator:  # the allocator settings molvae's own stages run with
         env["GLIBC_TUNABLES"] = runtime.GLIBC_TUNABLES
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=PEER.parent, env=env)
-    if proc.returncode != 0:
-        return {"error": proc.stderr.strip().splitlines()[-1]}
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    code, stdout, stderr, rss_mb = run_with_peak_rss(cmd, cwd=PEER.parent, env=env)
+    if code != 0:
+        return {"error": (stderr.strip().splitlines() or [f"exit {code}"])[-1]}
+    out = json.loads(stdout.strip().splitlines()[-1])
     out["tuned_allocator"] = bool(cfg.peer_tuned_allocator)
+    out["peak_rss_mb"] = rss_mb
     return out
+
+
+def run_with_peak_rss(cmd: list[str], **kwargs) -> tuple[int, str, str, float]:
+    """Run cmd to the end: exit code, stdout, stderr and the peak resident set (MB) of that
+    process alone (wait4's rusage; RUSAGE_CHILDREN would give the largest child so far)."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, **kwargs)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+        out.seek(0)
+        err.seek(0)
+        return proc.returncode, out.read(), err.read(), usage.ru_maxrss / 1024.0
 
 
 def collect(cfg: DictConfig) -> dict:
@@ -144,7 +158,9 @@ def summary(r: dict) -> dict:
     s["evaluate_30k_seconds"] = get("evaluate", "evaluate_30k_seconds")
     for k in ("optimize_gradient_calls_per_s", "optimize_bo_calls_per_s"):
         s[k] = get("optimize", k)
-    s["peak_rss_mb"] = max((v.get("peak_rss_mb", 0) for v in r.values()), default=None)
+    ours = [v.get("peak_rss_mb", 0) for name, v in r.items() if name != "peer"]
+    s["peak_rss_mb"] = max(ours, default=None)  # molvae's stages; the reference's is its own
+    s["peer_peak_rss_mb"] = get("peer", "peak_rss_mb")
     s["peer_train_mol_per_s"] = get("peer", "train_mol_per_s")
     for k in ("moses_gru", "moses_gru_bf16"):
         if s["peer_train_mol_per_s"] and s[f"train_mol_per_s_{k}"]:

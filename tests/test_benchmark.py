@@ -49,7 +49,7 @@ def test_summary_has_the_contract_keys_and_the_ratios():
         },
         "preprocess": {"preprocess_mol_per_s": 4000.0},
         "evaluate": {"evaluate_30k_seconds": 240.0},
-        "peer": {"train_mol_per_s": 80.0},
+        "peer": {"train_mol_per_s": 80.0, "peak_rss_mb": 2e4},
     }
     s = benchmark.summary(stages)
     assert set(CONTRACT) <= set(s)
@@ -65,7 +65,7 @@ def test_summary_has_the_contract_keys_and_the_ratios():
     assert s["mfu_sample_decode"] == pytest.approx(8000 * 20e6 / 200e9)
     # decoding at 200 GFLOP/s: 10,000 molecules/s, so at best 1 + 6,000/10,000
     assert s["sample_floor_ratio_bound"] == pytest.approx(1.6)
-    assert s["peak_rss_mb"] == 9e3
+    assert s["peak_rss_mb"] == 9e3 and s["peer_peak_rss_mb"] == 2e4  # ours, and the reference's
     md = benchmark.markdown(
         {"machine": {"platform": "x", "python": "3", "cpus": 2}, **s, "stages": stages}
     )
@@ -95,3 +95,13 @@ def test_decode_flops_count_each_matmul_once():
     # per token: 2 recurrent (4x12), layer 1's input (4x12), output (4x5)
     per_token = 2 * (2 * 4 * 12) + 2 * 4 * 12 + 2 * 4 * 5
     assert bench_stages.decode_flops_per_molecule(cfg, 10.0) == once + 10 * per_token
+
+
+def test_peak_rss_is_the_child_process_own():
+    big = "import numpy as np; a = np.ones(40_000_000); print('done', a.sum())"  # 320 MB
+    code, out, err, rss = benchmark.run_with_peak_rss([sys.executable, "-c", big])
+    assert code == 0 and out.strip() == "done 40000000.0" and 300 < rss < 1500
+    code, out, err, rss = benchmark.run_with_peak_rss([sys.executable, "-c", "print(1)"])
+    assert code == 0 and rss < 300  # not the earlier, larger child's
+    code, _, err, _ = benchmark.run_with_peak_rss([sys.executable, "-c", "raise SystemExit(3)"])
+    assert code == 3
