@@ -176,7 +176,7 @@ def sample(run_dir: str, n: int = 4096, reps: int = 3) -> dict:
 
     ids, t_decode = timed(lambda: dec.decode_ids(z, seed=1, greedy=False))
     flops = decode_flops_per_molecule(model.model.cfg, float((ids > 0).sum(1).mean()))
-    selfies = [dec.vocab.decode_selfies(r) for r in ids]
+    selfies = dec.vocab.decode_selfies_batch(ids)
     smiles, t_floor = timed(lambda: chem.parallel_map(chem.selfies_to_smiles, selfies))
     out, t_e2e = timed(lambda: model.sample(n, seed=2))
     valid = sum(bool(s) for s in out)

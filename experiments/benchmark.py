@@ -57,16 +57,27 @@ def peer(cfg: DictConfig) -> dict:
     return out
 
 
+# Runs argv[2:] and writes its peak RSS (kB, from wait4) to the file argv[1]. A child forked from
+# a large process can report that process's RSS as its own (the pages before exec), so the
+# command is started from this small launcher rather than from the caller.
+_LAUNCHER = """
+import os, subprocess, sys
+proc = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(proc.pid, 0)
+open(sys.argv[1], "w").write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def run_with_peak_rss(cmd: list[str], **kwargs) -> tuple[int, str, str, float]:
     """Run cmd to the end: exit code, stdout, stderr and the peak resident set (MB) of that
-    process alone (wait4's rusage; RUSAGE_CHILDREN would give the largest child so far)."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, **kwargs)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
-        out.seek(0)
-        err.seek(0)
-        return proc.returncode, out.read(), err.read(), usage.ru_maxrss / 1024.0
+    process alone (RUSAGE_CHILDREN would give the largest child so far)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        rss_file = Path(tmp) / "rss"
+        launcher = [sys.executable, "-c", _LAUNCHER, str(rss_file), *cmd]
+        proc = subprocess.run(launcher, capture_output=True, text=True, **kwargs)
+        rss = float(rss_file.read_text()) / 1024.0 if rss_file.exists() else float("nan")
+        return proc.returncode, proc.stdout, proc.stderr, rss
 
 
 def collect(cfg: DictConfig) -> dict:

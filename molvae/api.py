@@ -188,14 +188,14 @@ def load(run_dir: str | Path, decode_dtype: str | None = None) -> MolVAE:
     model = build_model(model_cfg)
     _restore_params(model, run_dir)
     out = MolVAE(model, vocab, max_len, run_dir, config, decode_dtype)
-    if (run_dir / "predictor.json").exists():  # .npz + JSON, checked against each other
+    if (run_dir / f"{runs.PREDICTOR}.json").exists():  # .npz + JSON, checked against each other
         from molvae.optimize.predictor import load_predictor
 
         out.predictor = load_predictor(run_dir)
         if out.predictor.cfg.latent_dim != out.latent_dim:
             raise runs.RunFolderError(
-                f"{run_dir}/predictor.json: latent_dim {out.predictor.cfg.latent_dim} does not "
-                f"match the model's {out.latent_dim}"
+                f"{run_dir}/{runs.PREDICTOR}.json: latent_dim {out.predictor.cfg.latent_dim} "
+                f"does not match the model's {out.latent_dim}"
             )
     return out
 

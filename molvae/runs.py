@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 RUN_FORMAT = "molvae-run-1"
 RUN_JSON, VOCAB_JSON, METRICS_JSONL = "run.json", "vocab.json", "metrics.jsonl"
 LIKELIHOOD_JSON = "likelihood.json"
+PREDICTOR = "predictor"  # run_dir/predictor.json + predictor.npz: a property predictor
 SAMPLES_CSV, EVAL_JSON, PARAMS_NPZ, CHECKPOINTS = (
     "samples.csv",
     "metrics.json",
@@ -173,6 +174,14 @@ def train_smiles_of_run(run_dir: Path) -> list[str] | None:
     return None if ds is None else ds.train.smiles
 
 
+def _encodable(model: Any, smiles: str) -> bool:
+    try:
+        model._dec.to_selfies(smiles)
+        return True
+    except ValueError:  # invalid SMILES, or a symbol outside the vocabulary
+        return False
+
+
 def test_likelihood(
     run_dir: Path, n: int = 2000, k: int = 64, seed: int = 0, model: Any = None
 ) -> dict[str, float]:
@@ -187,8 +196,9 @@ def test_likelihood(
         raise RunFolderError(f"{run_dir}: no data config in {RUN_JSON}; no test set to score")
     model = model or molvae.load(run_dir)
     test = ds.test.smiles[:n]
-    z = model.encode(test, errors="nan")  # symbols outside the vocabulary cannot be scored
-    ok = [s for s, row in zip(test, np.isfinite(z).all(1), strict=True) if row]
+    ok = [
+        s for s in test if _encodable(model, s)
+    ]  # symbols outside the vocabulary cannot be scored
     out = model.log_likelihood(ok, k=k, seed=seed, details=True)
     nats = float(-np.mean(out["log_likelihood"])) if ok else float("nan")
     rate, dist = float(np.mean(out["rate"])), float(np.mean(out["distortion"]))

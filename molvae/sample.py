@@ -227,7 +227,7 @@ class Decoder:
 
     def ids_to_smiles(self, ids: np.ndarray, n_jobs: int | None = None) -> list[str]:
         """Canonical SMILES per row ('' where the SELFIES decodes to nothing valid)."""
-        selfies = [self.vocab.decode_selfies(row) for row in ids]
+        selfies = self.vocab.decode_selfies_batch(ids)
         return chem.parallel_map(chem.selfies_to_smiles, selfies, n_jobs=n_jobs)
 
     def decode(
@@ -242,7 +242,7 @@ class Decoder:
             parts = [
                 pool.map(
                     chem.selfies_to_smiles,
-                    [self.vocab.decode_selfies(row) for row in ids],
+                    self.vocab.decode_selfies_batch(ids),
                     chunksize=max(16, len(ids) // (4 * jobs)),
                 )
                 for ids in self._iter_ids(z, seed, temperature, greedy)

@@ -144,6 +144,19 @@ class Vocab:
             syms.append(self.tokens[i])
         return "".join(syms)
 
+    def decode_selfies_batch(self, ids: np.ndarray) -> list[str]:
+        """decode_selfies of every row of ids (n, T), without a Python int() per token."""
+        ids = np.asarray(ids)
+        if ids.ndim != 2:
+            raise ValueError(f"ids must have shape (n, T), got {ids.shape}")
+        stop = (ids == self.eos_id) | (ids == self.pad_id)
+        ends = np.where(stop.any(1), stop.argmax(1), ids.shape[1]).tolist()
+        toks, bos = self.tokens, self.bos_id
+        return [
+            "".join([toks[i] for i in row[:end] if i != bos])
+            for row, end in zip(ids.tolist(), ends, strict=True)
+        ]
+
     def decode(self, ids: Sequence[int]) -> str:
         """Canonical SMILES of a token sequence ('' if the molecule is empty or invalid)."""
         return chem.selfies_to_smiles(self.decode_selfies(ids))

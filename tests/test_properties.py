@@ -3,6 +3,7 @@ vocabulary, the chemistry helpers or the data loader, and nothing is lost withou
 
 import string
 
+import numpy as np
 import selfies as sf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -49,6 +50,7 @@ def test_vocabulary_round_trip_and_unknown_symbols(symbols, outsider):
     assert vocab.decode_selfies(ids) == s and min(ids) >= 3
     tokens, lengths = vocab.encode_batch([s], max_len=len(symbols))
     assert lengths[0] == len(symbols) + 1 and vocab.decode_selfies(tokens[0]) == s
+    assert vocab.decode_selfies_batch(tokens) == [s]
     try:
         vocab.encode(s + outsider, "the-molecule")
         assert outsider in symbols
@@ -84,3 +86,12 @@ def test_data_loader_accounts_for_every_line(tmp_path, monkeypatch, lines):
         )
     )
     assert lost == 0 and len(ds.report) == stats["read"] - stats["kept"]
+
+
+@SETTINGS
+@given(st.lists(st.lists(st.integers(0, 12), min_size=6, max_size=6), min_size=1, max_size=8))
+def test_batch_decoding_stops_and_skips_like_one_row_at_a_time(rows):
+    """Any ids, eos (2) and pad (0) anywhere, bos (1) skipped: the same strings either way."""
+    vocab = Vocab.fit(["".join(ALPHABET[:10])])
+    ids = np.array(rows, np.int32)
+    assert vocab.decode_selfies_batch(ids) == [vocab.decode_selfies(r) for r in ids]

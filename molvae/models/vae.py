@@ -211,6 +211,7 @@ def _draw(row_keys: jax.Array, t: jax.Array, logits: jax.Array) -> jax.Array:
     """One categorical draw per row from logits (B, V), by inverting the CDF with a single
     uniform per row from fold_in(row_keys[i], t[i]): one random word per row and step, where
     Gumbel-max needs V of them."""
+    t = jnp.broadcast_to(t, row_keys.shape)  # one position for all rows, or one per row
     u = jax.vmap(lambda k, ti: jax.random.uniform(jax.random.fold_in(k, ti)))(row_keys, t)
     cdf = jnp.cumsum(jax.nn.softmax(logits, axis=-1), axis=-1)  # (B, V)
     below = cdf <= (u * cdf[:, -1])[:, None]  # the first entry with cdf > u is drawn

@@ -296,7 +296,10 @@ def _train_split(run_dir: Path | None):
 
 
 def save_predictor(
-    predictor: Predictor, run_dir: str | Path, metrics: dict | None = None, name: str = "predictor"
+    predictor: Predictor,
+    run_dir: str | Path,
+    metrics: dict | None = None,
+    name: str = runs.PREDICTOR,
 ) -> Path:
     """run_dir/<name>.npz (arrays) and run_dir/<name>.json (architecture, targets, metrics)."""
     run_dir = Path(run_dir)
@@ -309,7 +312,7 @@ def save_predictor(
     return run_dir / f"{name}.json"
 
 
-def load_predictor(run_dir: str | Path, name: str = "predictor") -> Predictor:
+def load_predictor(run_dir: str | Path, name: str = runs.PREDICTOR) -> Predictor:
     """Rebuild a saved predictor; a missing, foreign or mismatched file is a RunFolderError."""
     meta, arr = Path(run_dir) / f"{name}.json", Path(run_dir) / f"{name}.npz"
     try:
@@ -340,7 +343,7 @@ def load_predictor(run_dir: str | Path, name: str = "predictor") -> Predictor:
     return pred
 
 
-def predictor_info(run_dir: str | Path, name: str = "predictor") -> dict | None:
+def predictor_info(run_dir: str | Path, name: str = runs.PREDICTOR) -> dict | None:
     """The saved predictor's JSON (targets, metrics), or None if the run has none."""
     path = Path(run_dir) / f"{name}.json"
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
