@@ -81,13 +81,7 @@ class MolVAE:
         smiles = list(smiles)
         if errors not in ("raise", "nan"):
             raise ValueError(f"errors must be 'raise' or 'nan', got {errors!r}")
-        ok = np.ones(len(smiles), bool)
-        if errors == "nan":
-            for i, s in enumerate(smiles):
-                try:
-                    self._dec.to_selfies(s)
-                except ValueError:
-                    ok[i] = False
+        ok = self._dec.encodable(smiles) if errors == "nan" else np.ones(len(smiles), bool)
         mu, logvar = self._dec.encode([s for s, k in zip(smiles, ok, strict=True) if k])
         if not ok.all():
             full = np.full((len(smiles), self.latent_dim), np.nan, np.float32)

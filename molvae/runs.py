@@ -174,14 +174,6 @@ def train_smiles_of_run(run_dir: Path) -> list[str] | None:
     return None if ds is None else ds.train.smiles
 
 
-def _encodable(model: Any, smiles: str) -> bool:
-    try:
-        model._dec.to_selfies(smiles)
-        return True
-    except ValueError:  # invalid SMILES, or a symbol outside the vocabulary
-        return False
-
-
 def test_likelihood(
     run_dir: Path, n: int = 2000, k: int = 64, seed: int = 0, model: Any = None
 ) -> dict[str, float]:
@@ -196,9 +188,8 @@ def test_likelihood(
         raise RunFolderError(f"{run_dir}: no data config in {RUN_JSON}; no test set to score")
     model = model or molvae.load(run_dir)
     test = ds.test.smiles[:n]
-    ok = [
-        s for s in test if _encodable(model, s)
-    ]  # symbols outside the vocabulary cannot be scored
+    # invalid SMILES and symbols outside the vocabulary cannot be scored
+    ok = [s for s, keep in zip(test, model._dec.encodable(test), strict=True) if keep]
     out = model.log_likelihood(ok, k=k, seed=seed, details=True)
     nats = float(-np.mean(out["log_likelihood"])) if ok else float("nan")
     rate, dist = float(np.mean(out["rate"])), float(np.mean(out["distortion"]))

@@ -274,6 +274,16 @@ class Decoder:
                 raise unknown from None
             return flat, True
 
+    def encodable(self, smiles: Sequence[str]) -> np.ndarray:
+        """(n,) bool: which molecules to_selfies accepts (valid SMILES, known symbols)."""
+        ok = np.ones(len(smiles), bool)
+        for i, s in enumerate(smiles):
+            try:
+                self.to_selfies(s)
+            except ValueError:
+                ok[i] = False
+        return ok
+
     def tokenize(self, smiles: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Tokens and lengths; the width grows past max_len if a molecule needs it."""
         pairs = [self.to_selfies(s) for s in smiles]

@@ -133,19 +133,11 @@ class Vocab:
     # -- decoding -----------------------------------------------------------------------------
 
     def decode_selfies(self, ids: Sequence[int]) -> str:
-        """SELFIES string of a token sequence: stops at eos/pad, skips a leading bos."""
-        syms = []
-        for i in ids:
-            i = int(i)
-            if i == self.eos_id or i == self.pad_id:
-                break
-            if i == self.bos_id:
-                continue
-            syms.append(self.tokens[i])
-        return "".join(syms)
+        """SELFIES string of a token sequence: stops at eos/pad, skips bos."""
+        return self.decode_selfies_batch(np.asarray(ids).reshape(1, -1))[0]
 
     def decode_selfies_batch(self, ids: np.ndarray) -> list[str]:
-        """decode_selfies of every row of ids (n, T), without a Python int() per token."""
+        """SELFIES of every row of ids (n, T): each stops at its first eos/pad; bos is skipped."""
         ids = np.asarray(ids)
         if ids.ndim != 2:
             raise ValueError(f"ids must have shape (n, T), got {ids.shape}")
