@@ -27,7 +27,9 @@ def main(cfg: DictConfig) -> float:
         )
         model = molvae.load(out)
         s = cfg.sample
-        smiles = model.sample(s.n, temperature=s.temperature, seed=s.seed, greedy=s.greedy)
+        smiles = model.sample(
+            s.n, temperature=s.temperature, seed=s.seed, greedy=s.greedy, strict=s.strict
+        )
         samples = runs.write_samples(out, smiles)
         scores = runs.evaluate_run(
             out, cfg.evaluate.reference, cfg.evaluate.metrics, cfg.evaluate.n_jobs

@@ -15,7 +15,9 @@ def main(cfg: DictConfig) -> None:
 
     out = Path(cfg.run_dir)
     model = molvae.load(out, decode_dtype=cfg.decode_dtype)
-    smiles = model.sample(cfg.n, temperature=cfg.temperature, seed=cfg.seed, greedy=cfg.greedy)
+    smiles = model.sample(
+        cfg.n, temperature=cfg.temperature, seed=cfg.seed, greedy=cfg.greedy, strict=cfg.strict
+    )
     df = runs.write_samples(out, smiles)
     log.info(
         "%d samples, %.1f%% valid -> %s", len(df), 100 * df["valid"].mean(), out / runs.SAMPLES_CSV

@@ -91,10 +91,19 @@ class MolVAE:
         return (mu, logvar) if return_logvar else mu
 
     def decode(
-        self, z: np.ndarray, greedy: bool = True, temperature: float = 1.0, seed: int = 0
+        self,
+        z: np.ndarray,
+        greedy: bool = True,
+        temperature: float = 1.0,
+        seed: int = 0,
+        strict: bool = False,
     ) -> list[str]:
-        """Canonical SMILES for latents z (n, latent_dim); '' where decoding fails."""
-        return self._dec.decode(np.asarray(z), seed, temperature, greedy)
+        """Canonical SMILES for latents z (n, latent_dim); '' where decoding fails.
+
+        strict: also '' where the SELFIES decoder had to repair the sampled string (a bond
+        order cut, a ring or branch dropped, symbols ignored): the SELFIES analogue of an
+        invalid SMILES, so that `valid` means what it means for a SMILES model."""
+        return self._dec.decode(np.asarray(z), seed, temperature, greedy, strict)
 
     def sample(
         self,
@@ -103,13 +112,15 @@ class MolVAE:
         seed: int = 0,
         greedy: bool = False,
         scale: float = 1.0,
+        strict: bool = False,
     ) -> list[str]:
         """n molecules from the prior z ~ N(0, scale^2 I), decoded stochastically at
-        `temperature` (or greedily). Same seed, same molecules."""
+        `temperature` (or greedily). Same seed, same molecules. strict: see decode; a
+        repaired sample is '' (invalid), never resampled."""
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
         z = sample.prior(n, self.latent_dim, seed, scale)
-        return self.decode(z, greedy=greedy, temperature=temperature, seed=seed + 1)
+        return self.decode(z, greedy=greedy, temperature=temperature, seed=seed + 1, strict=strict)
 
     def reconstruct(self, smiles: Sequence[str], greedy: bool = True, seed: int = 0) -> list[str]:
         """Encode to the posterior mean, decode back."""
@@ -139,8 +150,8 @@ class MolVAE:
         return out if details else out["log_likelihood"]
 
 
-def _restore_params(model: VAE, run_dir: Path) -> None:
-    if (run_dir / runs.PARAMS_NPZ).exists():
+def _restore_params(model: VAE, run_dir: Path, step: int | None = None) -> None:
+    if step is None and (run_dir / runs.PARAMS_NPZ).exists():
         runs.import_params(model, run_dir / runs.PARAMS_NPZ)
         return
     ckpt = (run_dir / runs.CHECKPOINTS).absolute()
@@ -148,7 +159,10 @@ def _restore_params(model: VAE, run_dir: Path) -> None:
 
     warn_partial_checkpoints(ckpt)
     mngr = ocp.CheckpointManager(ckpt, options=ocp.CheckpointManagerOptions(create=False))
-    step = mngr.latest_step() if ckpt.exists() else None
+    steps = mngr.all_steps() if ckpt.exists() else []
+    if step is not None and step not in steps:
+        raise runs.RunFolderError(f"{run_dir}: no checkpoint at step {step}; have {sorted(steps)}")
+    step = max(steps, default=None) if step is None else step
     if step is None:
         raise runs.RunFolderError(f"{run_dir}: no {runs.PARAMS_NPZ} and no checkpoint in {ckpt}")
     state = nnx.state(model)
@@ -157,14 +171,15 @@ def _restore_params(model: VAE, run_dir: Path) -> None:
     log.info("loaded %s at step %d", run_dir, step)
 
 
-def load(run_dir: str | Path, decode_dtype: str | None = None) -> MolVAE:
+def load(run_dir: str | Path, decode_dtype: str | None = None, step: int | None = None) -> MolVAE:
     """A trained model from a run folder, or 'pretrained:moses' for the shipped MOSES model.
 
     Reads run.json and vocab.json as plain data (nothing in the folder is executed or
     instantiated), then the parameters from params.npz or the latest orbax checkpoint.
     decode_dtype="bfloat16" generates (sample, decode) with bfloat16 matmul operands: faster
     on hardware with bfloat16 units, and the molecules differ slightly from float32's. None
-    keeps the model's own dtype.
+    keeps the model's own dtype. step: the checkpoint of that training step instead of the
+    final parameters (learning curves).
     """
     if isinstance(run_dir, str) and run_dir.startswith("pretrained:"):
         name = run_dir.split(":", 1)[1]
@@ -180,7 +195,7 @@ def load(run_dir: str | Path, decode_dtype: str | None = None) -> MolVAE:
         raise runs.RunFolderError(f"run folder {run_dir} does not exist")
     model_cfg, vocab, max_len, config = runs.read_run_info(run_dir)
     model = build_model(model_cfg)
-    _restore_params(model, run_dir)
+    _restore_params(model, run_dir, step)
     out = MolVAE(model, vocab, max_len, run_dir, config, decode_dtype)
     if (run_dir / f"{runs.PREDICTOR}.json").exists():  # .npz + JSON, checked against each other
         from molvae.optimize.predictor import load_predictor

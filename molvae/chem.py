@@ -91,6 +91,28 @@ def selfies_to_smiles(selfies: str) -> str:
     return canonical(smi) or ""
 
 
+def selfies_repaired(selfies: str) -> bool:
+    """Whether the SELFIES decoder had to repair the string to make a molecule of it.
+
+    SELFIES turns any string into a valid molecule by repairing it: a bond order cut to fit a
+    valence, a ring or branch symbol with no room dropped, an out-of-range ring index clipped,
+    the symbols after a saturated atom ignored. A string it did not repair is the SELFIES
+    encoding of the molecule it denotes, written in its own atom order: encoder(decoder(s)) == s,
+    which holds for every string encoded from a SMILES (tested on MOSES). A repaired string is
+    the SELFIES analogue of an invalid SMILES (Skinnider 2024).
+    """
+    try:
+        smi = sf.decoder(selfies)
+        return not smi or sf.encoder(smi) != selfies
+    except (sf.DecoderError, sf.EncoderError):
+        return True
+
+
+def selfies_to_smiles_strict(selfies: str) -> str:
+    """selfies_to_smiles, but '' also where the decoder had to repair the string."""
+    return "" if selfies_repaired(selfies) else selfies_to_smiles(selfies)
+
+
 # ----------------------------------------------------------------------------- properties
 
 

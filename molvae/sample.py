@@ -32,9 +32,9 @@ def _generate(graphdef, params, z, key, temperature, max_len: int, greedy: bool)
     return nnx.merge(graphdef, params).generate(z, key, max_len, temperature, greedy)
 
 
-@partial(jax.jit, static_argnames=("graphdef",))
-def _start(graphdef, params, z, key):
-    zin, hs = nnx.merge(graphdef, params).decoder.initial_state(z)
+@partial(jax.jit, static_argnames=("graphdef", "length"))
+def _start(graphdef, params, z, key, length: int):
+    zin, hs = nnx.merge(graphdef, params).decoder.initial_state(z, length)
     return zin, hs, jnp.full((z.shape[0],), 1, jnp.int32), jax.random.split(key, z.shape[0])
 
 
@@ -142,7 +142,7 @@ class Decoder:
         def start(c: int):  # start state of chunk c (CHUNK rows, the last chunk padded)
             zc = z[c * CHUNK : (c + 1) * CHUNK]
             zc = np.concatenate([zc, np.zeros((CHUNK - len(zc), zc.shape[1]), np.float32)])
-            return _start(self.gen_graphdef, self.params, zc, jax.random.fold_in(key, c))
+            return _start(self.gen_graphdef, self.params, zc, jax.random.fold_in(key, c), T)
 
         n_chunks = -(-n // CHUNK)
         out = {0: np.zeros((min(CHUNK, n), T), np.int32)}  # chunk -> its ids, until yielded
@@ -211,7 +211,7 @@ class Decoder:
         """Compile the decoder for every packed batch size now rather than on first use."""
         sizes = [CHUNK >> k for k in range(CHUNK.bit_length()) if CHUNK >> k >= MIN_BUCKET]
         z = np.zeros((CHUNK, self.latent_dim), np.float32)
-        full = _start(self.gen_graphdef, self.params, z, jax.random.key(0))
+        full = _start(self.gen_graphdef, self.params, z, jax.random.key(0), self.max_len + 1)
         full = _refill(full, full, jnp.zeros(CHUNK, jnp.int32), jnp.zeros(CHUNK, bool))
         temp = jnp.float32(1.0)
         for size in sizes:
@@ -225,23 +225,32 @@ class Decoder:
             )
             jax.block_until_ready(out)
 
-    def ids_to_smiles(self, ids: np.ndarray, n_jobs: int | None = None) -> list[str]:
-        """Canonical SMILES per row ('' where the SELFIES decodes to nothing valid)."""
+    def ids_to_smiles(
+        self, ids: np.ndarray, n_jobs: int | None = None, strict: bool = False
+    ) -> list[str]:
+        """Canonical SMILES per row ('' where the SELFIES decodes to nothing valid, or, if
+        strict, where the SELFIES decoder had to repair the string: chem.selfies_repaired)."""
         selfies = self.vocab.decode_selfies_batch(ids)
-        return chem.parallel_map(chem.selfies_to_smiles, selfies, n_jobs=n_jobs)
+        return chem.parallel_map(_to_smiles(strict), selfies, n_jobs=n_jobs)
 
     def decode(
-        self, z: np.ndarray, seed: int = 0, temperature: float = 1.0, greedy: bool = True
+        self,
+        z: np.ndarray,
+        seed: int = 0,
+        temperature: float = 1.0,
+        greedy: bool = True,
+        strict: bool = False,
     ) -> list[str]:
-        """Canonical SMILES for latents z ('' where decoding fails). Large batches overlap the
-        network with RDKit: each decoded chunk goes to a process pool while the next decodes."""
+        """Canonical SMILES for latents z ('' where decoding fails; with strict, also where the
+        SELFIES had to be repaired). Large batches overlap the network with RDKit: each decoded
+        chunk goes to a process pool while the next decodes."""
         jobs = chem.default_jobs()
         if len(z) < chem.SERIAL_BELOW or jobs <= 1:
-            return self.ids_to_smiles(self.decode_ids(z, seed, temperature, greedy))
+            return self.ids_to_smiles(self.decode_ids(z, seed, temperature, greedy), 1, strict)
         with chem.process_pool(jobs) as pool:
             parts = [
                 pool.map(
-                    chem.selfies_to_smiles,
+                    _to_smiles(strict),
                     self.vocab.decode_selfies_batch(ids),
                     chunksize=max(16, len(ids) // (4 * jobs)),
                 )
@@ -331,6 +340,10 @@ class Decoder:
             for name, v in zip(out, res, strict=True):
                 out[name].append(np.asarray(v)[:n])
         return {name: np.concatenate(v) if v else np.zeros(0) for name, v in out.items()}
+
+
+def _to_smiles(strict: bool):
+    return chem.selfies_to_smiles_strict if strict else chem.selfies_to_smiles
 
 
 # ----------------------------------------------------------------------------- latent geometry

@@ -54,6 +54,9 @@ class TrainConfig:
     kl_cycles: int = 4  # cyclical (Fu et al. 2019): number of cycles over `steps`
     kl_ratio: float = 0.5  # cyclical: fraction of each cycle spent increasing beta
     free_bits: float = 0.0  # nats per latent dimension below which KL is not penalised
+    # Stop (with a checkpoint) once the run has used this much process CPU time, summed over
+    # resumes; 0 = no limit. Quality studies compare arms at equal CPU time with it.
+    cpu_budget_s: float = 0.0
     eval_every: int = 500
     eval_size: int = 1000
     log_every: int = 50
@@ -100,6 +103,8 @@ class TrainConfig:
             )
         if self.kl_max < 0 or self.free_bits < 0:
             raise ValueError("train.kl_max and train.free_bits must be >= 0")
+        if self.cpu_budget_s < 0:
+            raise ValueError(f"train.cpu_budget_s must be >= 0, got {self.cpu_budget_s}")
         if self.param_sharding not in ("replicated", "fsdp"):
             raise ValueError(
                 f"train.param_sharding must be replicated or fsdp: {self.param_sharding!r}"
@@ -480,10 +485,10 @@ def train(
 
     # -- resume ----------------------------------------------------------------------------------
     mngr = checkpoint_manager(run_dir, cfg)
-    start = 0
+    start, cpu_before = 0, 0.0  # cpu_before: CPU seconds spent by earlier runs of this folder
     if (latest := mngr.latest_step()) is not None:
         meta = restore_into(mngr, latest, state)
-        start = int(meta["step"])
+        start, cpu_before = int(meta["step"]), float(meta.get("cpu_s", 0.0))
         log.info("resumed from checkpoint at step %d", start)
     # A resumed run rewrites the metrics logged after its checkpoint; a fresh one starts empty.
     truncate_jsonl(run_dir / runs.METRICS_JSONL, start if latest is not None else -1)
@@ -498,8 +503,13 @@ def train(
     val_t, val_l = val_data[0][: cfg.eval_size], val_data[1][: cfg.eval_size]
     meta_base = {"format": runs.RUN_FORMAT, **(extra_meta or {})}
 
+    cpu0 = time.process_time()  # all threads of this process: the run's compute, not wall time
+
+    def cpu_s() -> float:
+        return cpu_before + time.process_time() - cpu0
+
     def checkpoint(step: int) -> None:
-        save_checkpoint(mngr, step, state, {**meta_base, "step": step})
+        save_checkpoint(mngr, step, state, {**meta_base, "step": step, "cpu_s": cpu_s()})
 
     # -- loop ------------------------------------------------------------------------------------
     history: list[dict[str, Any]] = []
@@ -524,15 +534,18 @@ def train(
             step += 1
             n_last += len(t)
             bar.update(1)
-            is_ckpt = step % cfg.ckpt_every == 0 or step == cfg.steps
+            out_of_cpu = bool(cfg.cpu_budget_s) and cpu_s() >= cfg.cpu_budget_s
+            is_ckpt = step % cfg.ckpt_every == 0 or step == cfg.steps or out_of_cpu
             if step % cfg.log_every == 0 or is_ckpt or step % cfg.eval_every == 0:
                 rec = _flush(pending, step, cfg)
                 now = time.perf_counter()
                 rec["mol_per_s"] = n_last / (now - t_last)
                 rec["lr"] = float(lr_schedule(cfg)(step))
                 rec["time"] = now - t0
+                rec["cpu_s"] = cpu_s()
+                rec["mols_seen"] = step * cfg.batch_size
                 t_last, n_last = now, 0
-                if step % cfg.eval_every == 0 or step == cfg.steps:
+                if step % cfg.eval_every == 0 or step == cfg.steps or out_of_cpu:
                     rec.update(evaluate_split(eval_step, state[0], val_t, val_l, eval_bs))
                 logger.log(rec)
                 history.append(rec)
@@ -543,6 +556,9 @@ def train(
                 )
                 if is_ckpt:
                     checkpoint(step)
+            if out_of_cpu:
+                log.info("train.cpu_budget_s %.0f reached at step %d", cfg.cpu_budget_s, step)
+                break
     bar.close()
     model, _, *joint_parts = nnx.merge(graphdef, jax.device_get(state))
     final = {k: v for k, v in history[-1].items() if k.startswith("val_")} if history else {}

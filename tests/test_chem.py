@@ -108,3 +108,32 @@ def test_shared_pool_is_reused_and_replaced_when_broken_or_resized():
     assert chem.parallel_map(chem.canonical, ["OCC"] * 5000, n_jobs=2) == ["CCO"] * 5000
     one = chem.shared_pool(1)
     assert one is not fresh and chem.shared_pool(1) is one
+
+
+@pytest.mark.parametrize(
+    "selfies,repaired",
+    [
+        ("[C][C][O]", False),
+        ("[C][C][Branch1][C][O][F]", False),  # CC(O)F, nothing to repair
+        ("[F][C][F][F][F][F]", True),  # symbols after the saturated F are ignored
+        ("[C][#O]", True),  # triple bond cut to the double bond O allows
+        ("[O][Ring1][C]", True),  # ring symbol with nothing to close onto
+        ("[C][Branch1][C][O]", True),  # branch dropped
+        ("[C][C][C][Ring1][Ring2]", True),  # ring index beyond the chain, clipped
+        ("", True),
+    ],
+)
+def test_selfies_repaired_flags_strings_the_decoder_had_to_fix(selfies, repaired):
+    assert chem.selfies_repaired(selfies) is repaired
+    expect = "" if repaired else chem.selfies_to_smiles(selfies)
+    assert chem.selfies_to_smiles_strict(selfies) == expect
+
+
+def test_no_training_string_counts_as_repaired():
+    """Every SELFIES encoded from a (canonical) SMILES is unrepaired: strict decoding never
+    rejects what the training data looks like."""
+    from molvae import data
+
+    smiles = data.read_smiles_file(data.bundled_files()["test"])["smiles"][:500]
+    encoded = [chem.smiles_to_selfies(chem.canonical(s)) for s in smiles]
+    assert not any(chem.selfies_repaired(e) for e in encoded)

@@ -1,5 +1,6 @@
 """The training loop: exact resume after a kill, non-finite loss handling, run-folder files."""
 
+import dataclasses
 import json
 
 import jax
@@ -58,7 +59,7 @@ def _params(model):
 
 
 def _records(path):
-    drop = ("mol_per_s", "time")
+    drop = ("mol_per_s", "time", "cpu_s")
     return [
         {k: v for k, v in json.loads(line).items() if k not in drop}
         for line in path.read_text().splitlines()
@@ -101,9 +102,10 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(arrays, tmp_path):
     assert steps == [8]
 
 
-def test_training_reduces_the_loss_and_writes_metrics(arrays, tmp_path):
+@pytest.mark.parametrize("decoder", ["gru", "transformer"])
+def test_training_reduces_the_loss_and_writes_metrics(arrays, tmp_path, decoder):
     vocab, (tokens, lengths) = arrays
-    mcfg = ModelConfig(vocab_size=len(vocab), **MODEL)
+    mcfg = ModelConfig(vocab_size=len(vocab), **MODEL, decoder=decoder, dec_heads=2)
     cfg = TrainConfig(**{**TRAIN, "steps": 160, "lr": 1e-2, "eval_every": 160, "ckpt_every": 160})
     res = train(
         mcfg,
@@ -117,9 +119,34 @@ def test_training_reduces_the_loss_and_writes_metrics(arrays, tmp_path):
     assert [r["step"] for r in recs] == list(range(4, 161, 4))
     uniform = float(np.mean(lengths[:16])) * np.log(len(vocab))  # nats of a guessing decoder
     assert res.final_eval["val_recon"] < 0.5 * uniform
-    for key in ("loss", "kl", "beta", "lr", "token_acc", "mol_per_s", "grad_norm"):
+    for key in ("loss", "kl", "beta", "lr", "token_acc", "mol_per_s", "grad_norm", "cpu_s"):
         assert key in recs[0]
+    assert [r["mols_seen"] for r in recs] == [16 * r["step"] for r in recs]
+    assert all(b["cpu_s"] > a["cpu_s"] for a, b in zip(recs, recs[1:], strict=False))
     assert 0.0 <= res.final_eval["val_recon_acc"] <= 1.0 and res.final_eval["val_token_acc"] > 0.3
+
+
+def test_cpu_budget_stops_with_a_checkpoint_and_a_resume_extends_it(arrays, tmp_path):
+    """train.cpu_budget_s ends a run once its process CPU time (summed over resumes) reaches the
+    budget, with a validation record and a checkpoint; a larger budget continues the curve."""
+    vocab, (tokens, lengths) = arrays
+    mcfg = ModelConfig(vocab_size=len(vocab), **MODEL)
+    big = 10**6
+    cfg = TrainConfig(**{**TRAIN, "steps": big, "cpu_budget_s": 3.0, "ckpt_every": big})
+    val = (tokens[:16], lengths[:16])
+    log_path = tmp_path / "metrics.jsonl"
+    first = train(mcfg, cfg, (tokens, lengths), val, tmp_path, JsonlLogger(log_path))
+    last = json.loads(log_path.read_text().splitlines()[-1])
+    assert 0 < first.step == last["step"] < big
+    assert last["cpu_s"] >= 3.0 and "val_elbo" in last
+    ckpts = [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
+    assert ckpts == [first.step]
+    more = dataclasses.replace(cfg, cpu_budget_s=last["cpu_s"] + 2.0)
+    second = train(mcfg, more, (tokens, lengths), val, tmp_path, JsonlLogger(log_path))
+    recs = [json.loads(line) for line in log_path.read_text().splitlines()]
+    assert second.step > first.step and recs[-1]["cpu_s"] >= last["cpu_s"] + 2.0
+    with pytest.raises(ValueError, match="cpu_budget_s"):
+        TrainConfig(cpu_budget_s=-1)
 
 
 def test_batches_cover_each_epoch_once_and_group_lengths():

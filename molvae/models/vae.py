@@ -10,6 +10,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from molvae.models.gru import GRU, reverse_padded
+from molvae.models.transformer import TransformerDecoder
+
+DECODERS = ("gru", "transformer")
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,9 @@ class ModelConfig:
     dec_hidden: int = 512
     dec_layers: int = 1
     dtype: str = "float32"  # operand type of the GRU matmuls (float32 or bfloat16; f32 sums)
+    decoder: str = "gru"  # gru | transformer (dec_hidden wide, dec_layers blocks)
+    dec_heads: int = 4  # transformer: attention heads
+    dec_ff_mult: int = 4  # transformer: MLP width as a multiple of dec_hidden
 
     def __post_init__(self) -> None:
         for name in (
@@ -34,11 +40,15 @@ class ModelConfig:
             "latent_dim",
             "dec_hidden",
             "dec_layers",
+            "dec_heads",
+            "dec_ff_mult",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"model.{name} must be positive, got {getattr(self, name)}")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"model.dtype must be float32 or bfloat16, got {self.dtype!r}")
+        if self.decoder not in DECODERS:
+            raise ValueError(f"model.decoder must be one of {DECODERS}, got {self.decoder!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -94,8 +104,11 @@ class Decoder(nnx.Module):
         self.layers = nnx.List([GRU(d, cfg.dec_hidden, dtype=cfg.dtype, rngs=rngs) for d in ins])
         self.out = nnx.Linear(cfg.dec_hidden, cfg.vocab_size, rngs=rngs)
 
-    def initial_state(self, z: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
-        """Per-layer initial states (list of (B, H)) and the z input projection (B, 3H)."""
+    def initial_state(
+        self, z: jax.Array, length: int | None = None
+    ) -> tuple[jax.Array, list[jax.Array]]:
+        """Per-layer initial states (list of (B, H)) and the z input projection (B, 3H).
+        length (the positions to decode) matters to the Transformer's cache only."""
         h = jnp.tanh(self.z_to_h(z))
         return self.z_to_in(z), list(jnp.split(h, self.cfg.dec_layers, axis=-1))
 
@@ -117,9 +130,11 @@ class Decoder(nnx.Module):
         zin: jax.Array,
         hs: list[jax.Array],
         table: jax.Array | None = None,
+        t: jax.Array | None = None,
     ) -> tuple[jax.Array, list[jax.Array]]:
         """One decoding step: token (B,) -> logits (B, V) and the new per-layer states.
-        `table` is input_table(), computed once per decode rather than per step."""
+        `table` is input_table(), computed once per decode rather than per step; the position
+        t is the Transformer's business, not the GRU's."""
         table = self.input_table() if table is None else table
         x, new = None, []
         for i, layer in enumerate(self.layers):
@@ -137,7 +152,9 @@ class VAE(nnx.Module):
             raise ValueError("ModelConfig.vocab_size must be set from the vocabulary")
         self.cfg = cfg
         self.encoder = Encoder(cfg, rngs=rngs)
-        self.decoder = Decoder(cfg, rngs=rngs)
+        self.decoder = (
+            Decoder(cfg, rngs=rngs) if cfg.decoder == "gru" else TransformerDecoder(cfg, rngs=rngs)
+        )
 
     def encode(self, tokens: jax.Array, lengths: jax.Array) -> tuple[jax.Array, jax.Array]:
         return self.encoder(tokens, lengths)
@@ -163,7 +180,7 @@ class VAE(nnx.Module):
         Each row draws from its own key (split from `key`), so a row's molecule does not depend
         on the other rows: the compacting decoder in molvae.sample gives the same ids."""
         B = z.shape[0]
-        zin, hs = self.decoder.initial_state(z)
+        zin, hs = self.decoder.initial_state(z, max_len + 1)
         bos = jnp.full((B,), 1, jnp.int32)
         done = jnp.zeros((B,), bool)
         row_keys = jax.random.split(key, B)
@@ -192,7 +209,7 @@ class VAE(nnx.Module):
 
         def body(carry, t):
             token, hs, done = carry
-            logits, hs = self.decoder.step(token, zin, hs, table)
+            logits, hs = self.decoder.step(token, zin, hs, table, t)
             logits = logits.at[:, :2].set(-jnp.inf)  # never emit pad or bos
             if greedy:
                 nxt = jnp.argmax(logits, axis=-1).astype(jnp.int32)

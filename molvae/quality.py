@@ -1,0 +1,232 @@
+"""Sample quality per unit of compute: one fixed protocol to score checkpoints, learning curves."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pandas as pd
+
+from molvae import chem, data, fetch, metrics, runs, sample
+
+log = logging.getLogger(__name__)
+
+QUALITY_JSONL = "quality.jsonl"
+PROTOCOL_VERSION = 1
+# Columns of the curves and tables, in order; strict_* are the same metrics with strict SELFIES
+# decoding (a string the SELFIES decoder had to repair counts as invalid).
+CURVE_METRICS = (
+    "FCD/Test",
+    "SNN/Test",
+    "Frag/Test",
+    "Scaf/TestSF",
+    "Filters",
+    "IntDiv",
+    "valid",
+    "unique@10000",
+    "strict_valid",
+    "strict_FCD/Test",
+    "strict_Filters",
+    "recon",
+    "nll",
+)
+
+
+def reference_subset(n: int, seed: int = 0) -> Path:
+    """A folder with test.csv and test_scaffolds.csv: n molecules drawn (seeded) from each full
+    MOSES test split, written once under cache_dir()/quality_ref/. Its statistics are cached by
+    metrics.reference_stats like any reference."""
+    folder = fetch.cache_dir() / "quality_ref" / f"v{PROTOCOL_VERSION}-n{n}-seed{seed}"
+    if (folder / "done").exists():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for split, path in data.moses_files().items():
+        if split == "train":
+            continue
+        smiles = data.read_smiles_file(path)["smiles"]
+        smiles = smiles[smiles != ""].to_numpy()
+        pick = np.sort(rng.choice(len(smiles), size=min(n, len(smiles)), replace=False))
+        pd.DataFrame({"SMILES": smiles[pick]}).to_csv(folder / f"{split}.csv", index=False)
+    (folder / "done").write_text("ok\n")
+    return folder
+
+
+def checkpoint_steps(run_dir: Path) -> list[int]:
+    ckpt = (run_dir / runs.CHECKPOINTS).absolute()
+    if not ckpt.exists():
+        return []
+    mngr = ocp.CheckpointManager(ckpt, options=ocp.CheckpointManagerOptions(create=False))
+    return sorted(mngr.all_steps())
+
+
+def checkpoint_meta(run_dir: Path, step: int) -> dict[str, Any]:
+    path = run_dir / runs.CHECKPOINTS / str(step) / "meta" / "metadata"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def score_model(
+    model,
+    reference: Path,
+    held_out: Sequence[str],
+    n: int = 10000,
+    seed: int = 0,
+    iw_k: int = 16,
+    n_jobs: int | None = None,
+) -> dict[str, float]:
+    """The protocol for one model: n prior samples at temperature 1, scored with the MOSES suite
+    against `reference` both as sampled and with strict SELFIES decoding; greedy reconstruction
+    of held_out molecules from their posterior means; their importance-weighted NLL bound."""
+    dec = model._dec
+    z = sample.prior(n, model.latent_dim, seed)
+    ids = dec.decode_ids(z, seed + 1, 1.0, greedy=False)
+    selfies = dec.vocab.decode_selfies_batch(ids)
+    smiles = chem.parallel_map(chem.selfies_to_smiles, selfies, n_jobs=n_jobs)
+    repaired = np.array(chem.parallel_map(chem.selfies_repaired, selfies, n_jobs=n_jobs), bool)
+    strict = ["" if r else s for s, r in zip(smiles, repaired, strict=True)]
+    out = metrics.evaluate(smiles, reference=reference, n_jobs=n_jobs)
+    s_out = metrics.evaluate(strict, reference=reference, n_jobs=n_jobs)
+    out.update({f"strict_{k}": v for k, v in s_out.items()})
+    out["repaired"] = float(repaired.mean())
+    mean_len = float(np.mean([(row != 0).sum() for row in ids]))
+    out["sample_len"] = mean_len
+    held_out = [s for s, ok in zip(held_out, dec.encodable(held_out), strict=True) if ok]
+    if held_out:
+        rec = model.reconstruct(list(held_out))
+        canon = [chem.canonical(s) for s in held_out]
+        out["recon"] = float(np.mean([a == b for a, b in zip(rec, canon, strict=True)]))
+        ll = model.log_likelihood(list(held_out), k=iw_k, details=True)
+        out["nll"] = float(-np.mean(ll["log_likelihood"]))
+        out["rate"] = float(np.mean(ll["rate"]))
+    return out
+
+
+def held_out_molecules(n: int, seed: int = 0) -> list[str]:
+    """n MOSES test molecules (seeded; disjoint from nothing the model trained on)."""
+    smiles = data.read_smiles_file(data.moses_files()["test"])["smiles"]
+    smiles = smiles[smiles != ""].to_numpy()
+    rng = np.random.default_rng(seed + 1)
+    return [str(s) for s in smiles[np.sort(rng.choice(len(smiles), n, replace=False))]]
+
+
+def read_scores(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / QUALITY_JSONL
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def score_run(
+    run_dir: Path,
+    protocol: dict[str, Any],
+    steps: Sequence[int] | None = None,
+    every: int = 1,
+    n_jobs: int | None = None,
+) -> list[dict[str, Any]]:
+    """Score the checkpoints of a run not scored yet under `protocol` (n, ref_n, recon_n, iw_k,
+    seed); each score is appended to run_dir/quality.jsonl with the checkpoint's CPU seconds
+    and molecules seen. Returns every score of the run under this protocol."""
+    import molvae  # the public loader; imported here to keep this module's import light
+
+    run_dir = Path(run_dir)
+    have = {r["step"] for r in read_scores(run_dir) if r.get("protocol") == protocol}
+    all_steps = checkpoint_steps(run_dir)
+    todo = all_steps[::every] + all_steps[-1:] if all_steps else []
+    if steps is not None:
+        todo = [s for s in all_steps if s in set(steps)]
+    todo = sorted(set(todo) - have)
+    if todo:
+        reference = reference_subset(protocol["ref_n"], protocol["seed"])
+        held_out = held_out_molecules(protocol["recon_n"], protocol["seed"])
+        info = json.loads((run_dir / runs.RUN_JSON).read_text())
+        batch = info.get("config", {}).get("train", {}).get("batch_size")
+    for step in todo:
+        meta = checkpoint_meta(run_dir, step)
+        model = molvae.load(run_dir, step=step)
+        scores = score_model(
+            model,
+            reference,
+            held_out,
+            n=protocol["n"],
+            seed=protocol["seed"],
+            iw_k=protocol["iw_k"],
+            n_jobs=n_jobs,
+        )
+        rec = {
+            "run": run_dir.name,
+            "step": step,
+            "cpu_s": meta.get("cpu_s", math.nan),
+            "mols_seen": step * batch if batch else math.nan,
+            "protocol": protocol,
+            **scores,
+        }
+        with (run_dir / QUALITY_JSONL).open("a") as f:
+            f.write(json.dumps(rec) + "\n")
+        log.info(
+            "%s step %d (%.0f CPU s): FCD/Test %.3f, strict valid %.3f, Filters %.3f, recon %.3f",
+            run_dir.name,
+            step,
+            rec["cpu_s"],
+            scores["FCD/Test"],
+            scores["strict_valid"],
+            scores["Filters"],
+            scores.get("recon", math.nan),
+        )
+    return [r for r in read_scores(run_dir) if r.get("protocol") == protocol]
+
+
+def table(scores: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """One row per (run, step) with CPU seconds, molecules seen and the curve metrics."""
+    rows = [
+        {"run": r["run"], "step": r["step"], "cpu_s": r["cpu_s"], "mols_seen": r["mols_seen"]}
+        | {k: r.get(k, math.nan) for k in CURVE_METRICS}
+        for r in scores
+    ]
+    return pd.DataFrame(rows).sort_values(["run", "step"]).reset_index(drop=True)
+
+
+def plot_curves(df: pd.DataFrame, path: Path) -> Path:
+    """Learning curves: FCD, Filters, strict validity and reconstruction against CPU hours and
+    molecules seen, one line per run."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    panels = [("FCD/Test", True), ("Filters", False), ("strict_valid", False), ("recon", False)]
+    fig = Figure(figsize=(4 * len(panels), 7), layout="constrained")
+    canvas = FigureCanvasAgg(fig)
+    axes = fig.subplots(2, len(panels), squeeze=False)
+    for col, (name, logy) in enumerate(panels):
+        for row, x in enumerate(("cpu_h", "mols_seen")):
+            ax = axes[row][col]
+            for run, g in df.groupby("run"):
+                xs = g["cpu_s"] / 3600 if x == "cpu_h" else g["mols_seen"]
+                ax.plot(xs, g[name], marker="o", ms=3, label=run)
+            ax.set_xlabel("CPU hours (process time)" if x == "cpu_h" else "molecules seen")
+            ax.set_ylabel(name)
+            if logy:
+                ax.set_yscale("log")
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.print_png(str(path))
+    return path
+
+
+def markdown(df: pd.DataFrame, digits: int = 3) -> str:
+    """A pandas table as a GitHub markdown table (no extra dependency)."""
+
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return "—" if math.isnan(v) else f"{v:.{digits}f}"
+        return str(v)
+
+    head = "| " + " | ".join(map(str, df.columns)) + " |"
+    rule = "|" + "---|" * len(df.columns)
+    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join([head, rule, *body])
