@@ -32,6 +32,8 @@ def main(cfg: DictConfig) -> None:
         scores += quality.score_run(Path(run), protocol, steps, cfg.every, cfg.n_jobs)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    for name in cfg.models:  # finished models (pretrained:moses) scored once, as reference rows
+        scores.append(quality.score_fixed(name, protocol, out, cfg.n_jobs))
     df = quality.table(scores)
     df.to_csv(out / "quality.csv", index=False)
     last = df.groupby("run").tail(1)

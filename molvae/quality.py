@@ -128,10 +128,13 @@ def score_run(
     steps: Sequence[int] | None = None,
     every: int = 1,
     n_jobs: int | None = None,
+    reference: Path | None = None,
+    held_out: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Score the checkpoints of a run not scored yet under `protocol` (n, ref_n, recon_n, iw_k,
     seed); each score is appended to run_dir/quality.jsonl with the checkpoint's CPU seconds
-    and molecules seen. Returns every score of the run under this protocol."""
+    and molecules seen. Returns every score of the run under this protocol. reference and
+    held_out default to the protocol's MOSES subsets (reference_subset, held_out_molecules)."""
     import molvae  # the public loader; imported here to keep this module's import light
 
     run_dir = Path(run_dir)
@@ -142,10 +145,10 @@ def score_run(
         todo = [s for s in all_steps if s in set(steps)]
     todo = sorted(set(todo) - have)
     if todo:
-        reference = reference_subset(protocol["ref_n"], protocol["seed"])
-        held_out = held_out_molecules(protocol["recon_n"], protocol["seed"])
-        info = json.loads((run_dir / runs.RUN_JSON).read_text())
-        batch = info.get("config", {}).get("train", {}).get("batch_size")
+        if reference is None:
+            reference = reference_subset(protocol["ref_n"], protocol["seed"])
+        if held_out is None:
+            held_out = held_out_molecules(protocol["recon_n"], protocol["seed"])
     for step in todo:
         meta = checkpoint_meta(run_dir, step)
         model = molvae.load(run_dir, step=step)
@@ -162,7 +165,7 @@ def score_run(
             "run": run_dir.name,
             "step": step,
             "cpu_s": meta.get("cpu_s", math.nan),
-            "mols_seen": step * batch if batch else math.nan,
+            "mols_seen": meta.get("mols_seen", math.nan),
             "protocol": protocol,
             **scores,
         }
@@ -205,6 +208,9 @@ def plot_curves(df: pd.DataFrame, path: Path) -> Path:
         for row, x in enumerate(("cpu_h", "mols_seen")):
             ax = axes[row][col]
             for run, g in df.groupby("run"):
+                if (g["step"] < 0).all():  # a finished model: a reference line
+                    ax.axhline(g[name].iloc[0], ls="--", color="gray", lw=1, label=run)
+                    continue
                 xs = g["cpu_s"] / 3600 if x == "cpu_h" else g["mols_seen"]
                 ax.plot(xs, g[name], marker="o", ms=3, label=run)
             ax.set_xlabel("CPU hours (process time)" if x == "cpu_h" else "molecules seen")
@@ -230,3 +236,34 @@ def markdown(df: pd.DataFrame, digits: int = 3) -> str:
     rule = "|" + "---|" * len(df.columns)
     body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join([head, rule, *body])
+
+
+def score_fixed(
+    name: str, protocol: dict[str, Any], out: Path, n_jobs: int | None = None
+) -> dict[str, Any]:
+    """Score a finished model (a run folder or 'pretrained:NAME') once under `protocol`; cached
+    in out/quality_fixed.jsonl. Its row has no CPU time or molecules seen."""
+    import molvae
+
+    path = Path(out) / "quality_fixed.jsonl"
+    if path.exists():
+        for line in path.read_text().splitlines():
+            rec = json.loads(line)
+            if rec["run"] == name and rec["protocol"] == protocol:
+                return rec
+    model = molvae.load(name)
+    scores = score_model(
+        model,
+        reference_subset(protocol["ref_n"], protocol["seed"]),
+        held_out_molecules(protocol["recon_n"], protocol["seed"]),
+        n=protocol["n"],
+        seed=protocol["seed"],
+        iw_k=protocol["iw_k"],
+        n_jobs=n_jobs,
+    )
+    rec = {"run": name, "step": -1, "cpu_s": math.nan, "mols_seen": math.nan}
+    rec |= {"protocol": protocol, **scores}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(json.dumps(rec) + "\n")
+    return rec

@@ -509,7 +509,8 @@ def train(
         return cpu_before + time.process_time() - cpu0
 
     def checkpoint(step: int) -> None:
-        save_checkpoint(mngr, step, state, {**meta_base, "step": step, "cpu_s": cpu_s()})
+        meta = {"step": step, "cpu_s": cpu_s(), "mols_seen": step * cfg.batch_size}
+        save_checkpoint(mngr, step, state, {**meta_base, **meta})
 
     # -- loop ------------------------------------------------------------------------------------
     history: list[dict[str, Any]] = []

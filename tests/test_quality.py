@@ -1,0 +1,69 @@
+"""The quality-per-compute protocol on a real (tiny) run folder."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import molvae
+from molvae import chem, data, quality, sample
+
+HELD_OUT = ["CCO", "c1ccccc1", "CC(=O)Oc1ccccc1C(=O)O", "CCN(CC)CC"]
+PROTOCOL = {"n": 200, "ref_n": 0, "recon_n": 4, "iw_k": 2, "seed": 0}
+
+
+@pytest.fixture(scope="module")
+def scored(tiny_run):
+    ref = data.bundled_files()["test"].parent
+    recs = quality.score_run(tiny_run, PROTOCOL, reference=ref, held_out=HELD_OUT)
+    return tiny_run, ref, recs
+
+
+def test_every_checkpoint_is_scored_once_with_its_cpu_time(scored, monkeypatch):
+    run, ref, recs = scored
+    assert [r["step"] for r in recs] == quality.checkpoint_steps(run) == [30]
+    meta = quality.checkpoint_meta(run, 30)
+    assert recs[0]["cpu_s"] == meta["cpu_s"] > 0 and recs[0]["mols_seen"] == 30 * 32
+    # A rerun scores nothing again: the scores are read back from quality.jsonl.
+    monkeypatch.setattr(quality, "score_model", lambda *a, **k: pytest.fail("rescored"))
+    assert quality.score_run(run, PROTOCOL, reference=ref, held_out=HELD_OUT) == recs
+    assert len((run / quality.QUALITY_JSONL).read_text().splitlines()) == 1
+
+
+def test_scores_are_the_protocol_computed_directly(scored):
+    """Lenient and strict metrics of the same prior samples, reconstruction and NLL of the
+    held-out molecules: recomputed here from the public API, they agree."""
+    run, ref, (rec,) = scored
+    model = molvae.load(run, step=30)
+    lenient = model.sample(200, seed=0)
+    strict = model.sample(200, seed=0, strict=True)
+    assert rec["valid"] == pytest.approx(np.mean([bool(s) for s in lenient]))
+    assert rec["strict_valid"] == pytest.approx(np.mean([bool(s) for s in strict]))
+    # strict-valid = valid and not repaired (a repaired string may also decode to nothing)
+    assert rec["valid"] - rec["repaired"] <= rec["strict_valid"] <= 1 - rec["repaired"] + 1e-9
+    assert rec["FCD/Test"] == pytest.approx(molvae.evaluate(lenient, reference=ref)["FCD/Test"])
+    recon = model.reconstruct(HELD_OUT)
+    assert rec["recon"] == np.mean(
+        [a == chem.canonical(b) for a, b in zip(recon, HELD_OUT, strict=True)]
+    )
+    ll = model.log_likelihood(HELD_OUT, k=2)
+    assert rec["nll"] == pytest.approx(-ll.mean(), rel=1e-5)
+    z = sample.prior(200, model.latent_dim, 0)
+    ids = model._dec.decode_ids(z, 1, 1.0, greedy=False)
+    assert rec["sample_len"] == pytest.approx(((ids != 0).sum(1)).mean())
+
+
+def test_table_markdown_and_curves(scored, tmp_path):
+    _, _, recs = scored
+    fixed = dict(recs[0], run="pretrained:x", step=-1, cpu_s=float("nan"))
+    df = quality.table([*recs, fixed])
+    assert list(df.columns[:4]) == ["run", "step", "cpu_s", "mols_seen"]
+    assert set(quality.CURVE_METRICS) <= set(df.columns)
+    md = quality.markdown(df[["run", "step", "FCD/Test"]])
+    assert md.splitlines()[0] == "| run | step | FCD/Test |" and "—" not in md
+    assert f"{recs[0]['FCD/Test']:.3f}" in md
+    png = quality.plot_curves(df, tmp_path / "curves.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    pd.testing.assert_frame_equal(df, quality.table([*recs, fixed]))
+    json.dumps(recs)  # the records are plain JSON
