@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -140,6 +141,30 @@ def chemnet_activations(
         if bad:
             raise ValueError(f"{len(bad)} invalid SMILES given to ChemNet, e.g. {bad[0]!r}")
         smiles = canon
+    if _MEMO is not None:  # inside memoized(): compute each distinct SMILES once
+        todo = list(dict.fromkeys(s for s in smiles if s not in _MEMO))
+        if todo:
+            _MEMO.update(zip(todo, _activations(todo, batch_size), strict=True))
+        return np.stack([_MEMO[s] for s in smiles]) if smiles else np.zeros((0, 512), np.float32)
+    return _activations(smiles, batch_size)
+
+
+_MEMO: dict[str, np.ndarray] | None = None
+
+
+@contextlib.contextmanager
+def memoized():
+    """Within this block chemnet_activations computes each distinct SMILES once (scoring the
+    same samples twice, e.g. as sampled and with strict decoding, costs one ChemNet pass)."""
+    global _MEMO
+    outer, _MEMO = _MEMO, {} if _MEMO is None else _MEMO
+    try:
+        yield
+    finally:
+        _MEMO = outer
+
+
+def _activations(smiles: list[str], batch_size: int) -> np.ndarray:
     params = load_params()
     out = np.zeros((len(smiles), 512), np.float32)
     for start in _progress(range(0, len(smiles), batch_size), len(smiles), batch_size):

@@ -13,7 +13,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pandas as pd
 
-from molvae import chem, data, fetch, metrics, runs, sample
+from molvae import chem, chemnet, data, fetch, metrics, runs, sample
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +90,9 @@ def score_model(
     smiles = chem.parallel_map(chem.selfies_to_smiles, selfies, n_jobs=n_jobs)
     repaired = np.array(chem.parallel_map(chem.selfies_repaired, selfies, n_jobs=n_jobs), bool)
     strict = ["" if r else s for s, r in zip(smiles, repaired, strict=True)]
-    out = metrics.evaluate(smiles, reference=reference, n_jobs=n_jobs)
-    s_out = metrics.evaluate(strict, reference=reference, n_jobs=n_jobs)
+    with chemnet.memoized():  # the strict samples are a subset: one ChemNet pass for both
+        out = metrics.evaluate(smiles, reference=reference, n_jobs=n_jobs)
+        s_out = metrics.evaluate(strict, reference=reference, n_jobs=n_jobs)
     out.update({f"strict_{k}": v for k, v in s_out.items()})
     out["repaired"] = float(repaired.mean())
     mean_len = float(np.mean([(row != 0).sum() for row in ids]))
@@ -149,6 +150,8 @@ def score_run(
             reference = reference_subset(protocol["ref_n"], protocol["seed"])
         if held_out is None:
             held_out = held_out_molecules(protocol["recon_n"], protocol["seed"])
+        info = json.loads((run_dir / runs.RUN_JSON).read_text())
+        batch = info.get("config", {}).get("train", {}).get("batch_size", math.nan)
     for step in todo:
         meta = checkpoint_meta(run_dir, step)
         model = molvae.load(run_dir, step=step)
@@ -165,7 +168,7 @@ def score_run(
             "run": run_dir.name,
             "step": step,
             "cpu_s": meta.get("cpu_s", math.nan),
-            "mols_seen": meta.get("mols_seen", math.nan),
+            "mols_seen": meta.get("mols_seen", step * batch),  # older checkpoints lack it
             "protocol": protocol,
             **scores,
         }

@@ -241,3 +241,21 @@ def test_full_moses_matches_official_values(name):
             assert out[key] == pytest.approx(value, rel=0.01), key
         else:
             assert out[key] == pytest.approx(value, abs=0.005), key
+
+
+def test_memoized_chemnet_gives_the_same_activations_and_computes_each_smiles_once(monkeypatch):
+    from molvae import chemnet
+
+    smiles = ["CCO", "c1ccccc1", "CCO", "CCN"]
+    plain = chemnet.chemnet_activations(smiles, canonize=False)
+    calls = []
+    real = chemnet._activations
+    monkeypatch.setattr(chemnet, "_activations", lambda s, b: calls.append(list(s)) or real(s, b))
+    with chemnet.memoized():
+        a = chemnet.chemnet_activations(smiles, canonize=False)
+        b = chemnet.chemnet_activations(["CCN", "CCC"], canonize=False)
+    np.testing.assert_allclose(a, plain, atol=1e-6)
+    np.testing.assert_allclose(b[0], plain[3], atol=1e-6)
+    assert calls == [["CCO", "c1ccccc1", "CCN"], ["CCC"]]
+    chemnet.chemnet_activations(["CCO"], canonize=False)  # outside the block: computed again
+    assert len(calls) == 3
