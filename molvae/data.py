@@ -58,8 +58,13 @@ class DataConfig:
     # Salts and mixtures ("CC(=O)[O-].[Na+]", "CCO.CCN"): "largest" keeps the largest organic
     # fragment (counted as fragments_stripped), "reject" drops them, "keep" keeps dotted SMILES.
     fragments: str = "largest"
+    # Tokens: 0 = one per SELFIES symbol; N > 0 = N byte-pair merges learned on the training
+    # set (shorter sequences: fewer decoding steps). Not part of the preprocessing cache key.
+    bpe_merges: int = 0
 
     def __post_init__(self) -> None:
+        if self.bpe_merges < 0:
+            raise DataError(f"data.bpe_merges must be >= 0, got {self.bpe_merges}")
         if self.fragments not in FRAGMENT_POLICIES:
             raise DataError(
                 f"data.fragments must be one of {list(FRAGMENT_POLICIES)}, got {self.fragments!r}"

@@ -667,7 +667,11 @@ def train_and_evaluate(
     data_mod.write_report(ds, run_dir)
     vocab_path = run_dir / runs.VOCAB_JSON
     resuming = vocab_path.exists() and (run_dir / runs.CHECKPOINTS).exists()
-    vocab = Vocab.load(vocab_path) if resuming else Vocab.fit(ds.train.selfies)
+    vocab = (
+        Vocab.load(vocab_path)
+        if resuming
+        else Vocab.fit(ds.train.selfies, bpe_merges=data_cfg.bpe_merges)
+    )
     max_len = data_cfg.max_len
     train_arr = vocab.encode_batch(ds.train.selfies, max_len, ds.train.smiles)
     # Test molecules with a symbol never seen in training cannot be scored; count them.

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import random
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +17,7 @@ from molvae import chem
 PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
 SPECIALS = (PAD, BOS, EOS)
 FORMAT = "molvae-vocab-1"
+FORMAT_BPE = "molvae-vocab-2"  # with BPE merges
 
 
 class UnknownSymbolError(ValueError):
@@ -27,38 +30,60 @@ class VocabFileError(ValueError):
 
 @dataclass(frozen=True)
 class Vocab:
-    """Token list with pad=0, bos=1, eos=2, then SELFIES symbols in sorted (stable) order."""
+    """Token list with pad=0, bos=1, eos=2, then SELFIES symbols in sorted (stable) order.
+
+    With BPE `merges` (pairs of tokens, in the order learned), a token may be several SELFIES
+    symbols written together: any concatenation of SELFIES symbols is a SELFIES string, so
+    decoding is unchanged (ids -> token strings -> joined), and sequences get shorter.
+    """
 
     tokens: tuple[str, ...]
+    merges: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if self.tokens[:3] != SPECIALS:
             raise ValueError(f"vocabulary must start with {SPECIALS}")
+        merges = tuple((str(a), str(b)) for a, b in self.merges)
+        object.__setattr__(self, "merges", merges)
         object.__setattr__(self, "_index", {t: i for i, t in enumerate(self.tokens)})
+        object.__setattr__(self, "_ranks", {m: r for r, m in enumerate(merges)})
+        if missing := [a + b for a, b in merges if a + b not in self._index]:  # type: ignore[attr-defined]
+            raise ValueError(f"merged tokens missing from the vocabulary: {missing[:3]}")
 
     # -- construction -------------------------------------------------------------------------
 
     @classmethod
-    def fit(cls, selfies: Iterable[str]) -> Vocab:
-        """Alphabet of all symbols in `selfies`, sorted so the ids do not depend on data order."""
-        alphabet = sf.get_alphabet_from_selfies(selfies)
-        return cls(SPECIALS + tuple(sorted(alphabet)))
+    def fit(cls, selfies: Iterable[str], bpe_merges: int = 0, bpe_sample: int = 10000) -> Vocab:
+        """Alphabet of all symbols in `selfies`, sorted so the ids do not depend on data order;
+        with bpe_merges > 0, that many byte-pair merges learned on a seeded sample of
+        `bpe_sample` strings (Sennrich et al. 2016), their merged tokens added."""
+        selfies = list(selfies)
+        alphabet = set(sf.get_alphabet_from_selfies(selfies))
+        merges = learn_merges(selfies, bpe_merges, bpe_sample) if bpe_merges > 0 else ()
+        merged = {a + b for a, b in merges}
+        return cls(SPECIALS + tuple(sorted(alphabet | merged)), merges)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps({"format": FORMAT, "tokens": list(self.tokens)}, indent=1))
+        obj = {"format": FORMAT_BPE if self.merges else FORMAT, "tokens": list(self.tokens)}
+        if self.merges:
+            obj["merges"] = [list(m) for m in self.merges]
+        Path(path).write_text(json.dumps(obj, indent=1))
 
     @classmethod
     def load(cls, path: str | Path) -> Vocab:
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
-            if data.get("format") != FORMAT:
+            if data.get("format") not in (FORMAT, FORMAT_BPE):
                 raise VocabFileError(
                     f"{path}: not a molvae vocabulary (format {data.get('format')!r})"
                 )
             tokens = data["tokens"]
             if not all(isinstance(t, str) for t in tokens):
                 raise VocabFileError(f"{path}: tokens must be strings")
-            return cls(tuple(tokens))
+            merges = data.get("merges", [])
+            if not all(isinstance(m, list) and len(m) == 2 for m in merges):
+                raise VocabFileError(f"{path}: merges must be pairs of tokens")
+            return cls(tuple(tokens), tuple(tuple(m) for m in merges))
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
             raise VocabFileError(f"{path}: unreadable vocabulary ({type(e).__name__}: {e})") from e
         except ValueError as e:
@@ -88,7 +113,8 @@ class Vocab:
     def encode(self, selfies: str, smiles: str | None = None) -> list[int]:
         """Ids of the symbols of one SELFIES string (no bos/eos). Raises UnknownSymbolError."""
         ids = []
-        for sym in sf.split_selfies(selfies):
+        symbols = list(sf.split_selfies(selfies))
+        for sym in apply_merges(symbols, self._ranks) if self.merges else symbols:  # type: ignore[attr-defined]
             idx = self._index.get(sym)  # type: ignore[attr-defined]
             if idx is None or idx < len(SPECIALS):
                 raise UnknownSymbolError(
@@ -152,3 +178,62 @@ class Vocab:
     def decode(self, ids: Sequence[int]) -> str:
         """Canonical SMILES of a token sequence ('' if the molecule is empty or invalid)."""
         return chem.selfies_to_smiles(self.decode_selfies(ids))
+
+
+# ----------------------------------------------------------------------------- BPE
+
+
+def _merge(word: Sequence[str], pair: tuple[str, str]) -> list[str]:
+    """Every non-overlapping occurrence of `pair` in `word`, left to right, joined into one."""
+    out, i, a, b = [], 0, *pair
+    while i < len(word):
+        if i + 1 < len(word) and word[i] == a and word[i + 1] == b:
+            out.append(a + b)
+            i += 2
+        else:
+            out.append(word[i])
+            i += 1
+    return out
+
+
+def apply_merges(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """BPE encoding of one symbol sequence: repeatedly join the adjacent pair learned first
+    (every occurrence of it, left to right), until no adjacent pair is a learned merge."""
+    word = symbols
+    inf = len(ranks)
+    while len(word) > 1:
+        pair_ranks = [ranks.get(p, inf) for p in zip(word, word[1:], strict=False)]
+        best = min(pair_ranks)
+        if best == inf:
+            break
+        i = pair_ranks.index(best)
+        word = _merge(word, (word[i], word[i + 1]))
+    return word
+
+
+def learn_merges(
+    selfies: Sequence[str], n_merges: int, sample: int = 10000, seed: int = 0
+) -> tuple[tuple[str, str], ...]:
+    """n_merges byte-pair merges over SELFIES symbols, most frequent pair first (ties broken by
+    the pair's text, so the result is deterministic), learned on a seeded sample of strings."""
+    pick = list(selfies)
+    if len(pick) > sample:
+        pick = random.Random(seed).sample(pick, sample)
+    words = Counter(tuple(sf.split_selfies(s)) for s in pick)
+    merges: list[tuple[str, str]] = []
+    for _ in range(n_merges):
+        pairs: Counter = Counter()
+        for w, c in words.items():
+            for pair in zip(w, w[1:], strict=False):
+                pairs[pair] += c
+        if not pairs:
+            break
+        pair, count = max(pairs.items(), key=lambda kv: (kv[1], kv[0]))
+        if count < 2:
+            break
+        merges.append(pair)
+        new: Counter = Counter()
+        for w, c in words.items():
+            new[tuple(_merge(w, pair))] += c
+        words = new
+    return tuple(merges)

@@ -4,6 +4,7 @@ vocabulary, the chemistry helpers or the data loader, and nothing is lost withou
 import string
 
 import numpy as np
+import pytest
 import selfies as sf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -106,3 +107,47 @@ def test_batch_decoding_stops_and_skips_like_one_row_at_a_time(rows):
 
     assert vocab.decode_selfies_batch(ids) == [one_row(r) for r in ids.tolist()]
     assert [vocab.decode_selfies(r) for r in ids] == [one_row(r) for r in ids.tolist()]
+
+
+BPE_CORPUS = [chem.smiles_to_selfies(chem.canonical(s)) for s in (
+    "CCO", "CCCCO", "c1ccccc1", "Cc1ccccc1", "CC(=O)Oc1ccccc1C(=O)O", "CCN(CC)CC",
+    "O=C(O)c1ccccc1", "CC(C)Cc1ccc(C(C)C(=O)O)cc1", "Cn1cnc2c1c(=O)n(C)c(=O)n2C",
+)]  # fmt: skip
+
+
+def test_bpe_learns_the_most_frequent_pair_first_deterministically():
+    """Hand count: [C][C] is the most frequent adjacent pair of ['[C][C][C][C]', '[C][C][O]']
+    (3 + 1), then [C][C] + [C][C] (the run of four joined twice) ties [C][C] + [O] at 1: the
+    tie goes to the larger pair text."""
+    from molvae.vocab import learn_merges
+
+    merges = learn_merges(["[C][C][C][C]", "[C][C][O]"] * 2, 2)
+    assert merges[0] == ("[C]", "[C]")
+    assert merges[1] == max([("[C][C]", "[C][C]"), ("[C][C]", "[O]")])
+    assert learn_merges(BPE_CORPUS, 20) == learn_merges(list(reversed(BPE_CORPUS)), 20)
+
+
+@SETTINGS
+@given(
+    mols=st.lists(st.sampled_from(BPE_CORPUS), min_size=1, max_size=6), n_merges=st.integers(0, 30)
+)
+def test_bpe_tokens_decode_to_the_same_selfies_and_are_never_longer(
+    mols, n_merges, tmp_path_factory
+):
+    """Any number of merges: ids decode back to the exact SELFIES string, sequences are no
+    longer than one token per symbol, and the vocabulary survives a save/load round trip."""
+    plain = Vocab.fit(BPE_CORPUS)
+    bpe = Vocab.fit(BPE_CORPUS, bpe_merges=n_merges)
+    t0, l0 = plain.encode_batch(mols, 72)
+    t1, l1 = bpe.encode_batch(mols, 72)
+    assert bpe.decode_selfies_batch(t1) == mols == plain.decode_selfies_batch(t0)
+    assert np.all(l1 <= l0) and (n_merges == 0 or l1.sum() < l0.sum())
+    path = tmp_path_factory.mktemp("vocab") / "vocab.json"
+    bpe.save(path)
+    assert Vocab.load(path) == bpe
+
+
+def test_bpe_vocab_names_an_unknown_symbol():
+    bpe = Vocab.fit(BPE_CORPUS, bpe_merges=10)
+    with pytest.raises(UnknownSymbolError, match=r"\[Xe\]"):
+        bpe.encode("[C][C][Xe]")
