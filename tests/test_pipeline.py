@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -132,7 +133,7 @@ def test_wandb_logger_writes_an_offline_run_into_the_run_folder(root, tmp_path):
     assert "images" in media or any("media" in str(p) for p in files)
 
 
-@pytest.mark.parametrize("name", ["smoke", "demo", "moses"])
+@pytest.mark.parametrize("name", ["smoke", "demo", "moses", "moses_gpu"])
 def test_single_run_experiments_compose_into_valid_configs(root, name):
     from hydra import compose, initialize_config_dir
 
@@ -145,5 +146,47 @@ def test_single_run_experiments_compose_into_valid_configs(root, name):
     assert text.startswith("# @package _global_") and "python experiments/" in text
     data, model, train = configs(cfg)  # validates every key and value
     assert train.steps > 0 and model.latent_dim > 0
-    if name == "moses":
+    if name.startswith("moses"):
         assert data.source == "moses" and cfg.sample.n == 30000 and cfg.evaluate.metrics == "all"
+
+
+QUALITY_ARMS = sorted(
+    p.stem
+    for p in (Path(__file__).parents[1] / "conf" / "experiment" / "quality").glob("*.yaml")
+    if p.stem != "protocol"
+)
+
+
+@pytest.mark.parametrize("arm", QUALITY_ARMS)
+def test_quality_arms_share_the_protocol_and_change_only_their_arm(root, arm):
+    """Every arm of the quality study trains on full MOSES at a constant learning rate until the
+    same CPU budget, keeping every checkpoint; only the arm's own settings differ."""
+    from hydra import compose, initialize_config_dir
+
+    sys.path.insert(0, str(root / "experiments"))
+    from _common import configs
+
+    with initialize_config_dir(str(root / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[f"experiment=quality/{arm}"])
+        base = compose("config", overrides=["experiment=quality/gru256"])
+    text = (root / "conf" / "experiment" / "quality" / f"{arm}.yaml").read_text()
+    assert text.startswith("# @package _global_") and f"experiment=quality/{arm}" in text
+    data, model, train = configs(cfg)
+    assert data.source == "moses" and train.lr_schedule == "constant"
+    assert train.cpu_budget_s == base.train.cpu_budget_s > 0 and train.steps >= 10**6
+    assert train.keep_checkpoints >= 100
+    differs = {
+        f"{group}.{k}"
+        for group in ("model", "train", "data")
+        for k in cfg[group]
+        if cfg[group][k] != base[group][k]
+    }
+    assert differs <= ARM_KEYS, differs - ARM_KEYS
+
+
+ARM_KEYS = {  # what an arm may change: the factor it studies, and its checkpoint cadence
+    "model.enc_hidden", "model.dec_hidden", "model.dec_layers", "model.decoder", "model.dtype",
+    "model.dec_heads", "model.dec_ff_mult", "model.latent_dim", "model.embed_dim",
+    "train.kl_max", "train.free_bits", "train.lr", "train.batch_size", "train.warmup_steps",
+    "train.kl_warmup_steps", "train.ckpt_every", "train.eval_every", "data.bpe_merges",
+}  # fmt: skip
