@@ -210,6 +210,13 @@ def load(run_dir: str | Path, decode_dtype: str | None = None, step: int | None 
 
 
 def _is_smiles_list(x) -> bool:
+    """A sequence of SMILES strings: a list, tuple, pandas Series or numpy array of str."""
+    if isinstance(x, str):
+        return False
+    if isinstance(x, np.ndarray):
+        return x.dtype.kind in "UO" and all(isinstance(s, str) for s in x.ravel())
+    if hasattr(x, "tolist") and not isinstance(x, list | tuple):  # pandas Series / Index
+        x = x.tolist()
     return isinstance(x, list | tuple) and all(isinstance(s, str) for s in x)
 
 

@@ -112,6 +112,14 @@ def test_load_attaches_a_saved_predictor(tiny_run, tmp_path):
     table = m.predict(["CCO", "not a smiles", "c1ccccc1"])
     assert list(table.columns) == ["qed", "logp"] and len(table) == 3
     assert table.iloc[1].isna().all() and table.drop(index=1).notna().all().all()
+    import pandas as pd  # a numpy array or pandas Series of SMILES is SMILES, not latents
+
+    for other in (
+        np.array(["CCO", "not a smiles", "c1ccccc1"]),
+        pd.Series(["CCO", "x", "c1ccccc1"]),
+    ):
+        got = m.predict(other)
+        pd.testing.assert_frame_equal(got.drop(index=1), table.drop(index=1))
     z = m.encode(["CCO"])
     mean, std = m.predict(z, return_std=True)
     np.testing.assert_allclose(mean.to_numpy(), table.iloc[[0]].to_numpy(), rtol=1e-5)
