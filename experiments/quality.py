@@ -52,6 +52,7 @@ def main(cfg: DictConfig) -> None:
     ]
     (out / "quality.md").write_text("\n".join(md) + "\n")
     quality.plot_curves(df, out / "quality_curves.png")
+    quality.plot_rate_distortion(df, out / "quality_rate_distortion.png")
     log.info("wrote %s", ", ".join(str(out / f) for f in ("quality.csv", "quality.md")))
     log.info("\n%s", last.to_string(index=False))
 

@@ -35,6 +35,8 @@ CURVE_METRICS = (
     "strict_Filters",
     "recon",
     "nll",
+    "rate",
+    "distortion",
 )
 
 
@@ -105,6 +107,7 @@ def score_model(
         ll = model.log_likelihood(list(held_out), k=iw_k, details=True)
         out["nll"] = float(-np.mean(ll["log_likelihood"]))
         out["rate"] = float(np.mean(ll["rate"]))
+        out["distortion"] = float(np.mean(ll["distortion"]))
     return out
 
 
@@ -270,3 +273,35 @@ def score_fixed(
     with path.open("a") as f:
         f.write(json.dumps(rec) + "\n")
     return rec
+
+
+def plot_rate_distortion(df: pd.DataFrame, path: Path) -> Path:
+    """Rate against distortion (bits per held-out molecule) at each run's last checkpoint, each
+    point labelled with the run and its FCD/Test: how much the latent code carries against how
+    realistic the prior samples are."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    last = df.groupby("run").tail(1)
+    bits = 1 / math.log(2)
+    fig = Figure(figsize=(6, 4.5), layout="constrained")
+    canvas = FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    sc = ax.scatter(
+        last["rate"] * bits, last["distortion"] * bits, c=last["FCD/Test"], cmap="viridis"
+    )
+    for row in last.to_dict("records"):
+        ax.annotate(
+            f"{row['run']} (FCD {row['FCD/Test']:.2f})",
+            (row["rate"] * bits, row["distortion"] * bits),
+            fontsize=7,
+            xytext=(4, 4),
+            textcoords="offset points",
+        )
+    fig.colorbar(sc, ax=ax, label="FCD/Test")
+    ax.set_xlabel("rate: KL(q(z|x) || p(z)), bits")
+    ax.set_ylabel("distortion: E_q[-log p(x|z)], bits")
+    ax.grid(alpha=0.3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.print_png(str(path))
+    return path

@@ -47,8 +47,10 @@ def test_scores_are_the_protocol_computed_directly(scored):
     assert rec["recon"] == np.mean(
         [a == chem.canonical(b) for a, b in zip(recon, HELD_OUT, strict=True)]
     )
-    ll = model.log_likelihood(HELD_OUT, k=2)
-    assert rec["nll"] == pytest.approx(-ll.mean(), rel=1e-5)
+    ll = model.log_likelihood(HELD_OUT, k=2, details=True)
+    assert rec["nll"] == pytest.approx(-ll["log_likelihood"].mean(), rel=1e-5)
+    assert rec["rate"] == pytest.approx(ll["rate"].mean(), rel=1e-5)
+    assert rec["distortion"] == pytest.approx(ll["distortion"].mean(), rel=1e-5)
     z = sample.prior(200, model.latent_dim, 0)
     ids = model._dec.decode_ids(z, 1, 1.0, greedy=False)
     assert rec["sample_len"] == pytest.approx(((ids != 0).sum(1)).mean())
@@ -63,7 +65,8 @@ def test_table_markdown_and_curves(scored, tmp_path):
     md = quality.markdown(df[["run", "step", "FCD/Test"]])
     assert md.splitlines()[0] == "| run | step | FCD/Test |" and "—" not in md
     assert f"{recs[0]['FCD/Test']:.3f}" in md
-    png = quality.plot_curves(df, tmp_path / "curves.png")
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for plot in (quality.plot_curves, quality.plot_rate_distortion):
+        png = plot(df, tmp_path / f"{plot.__name__}.png")
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     pd.testing.assert_frame_equal(df, quality.table([*recs, fixed]))
     json.dumps(recs)  # the records are plain JSON
