@@ -20,7 +20,7 @@ def main(cfg: DictConfig) -> None:
     quiet_libraries()
     from molvae import quality
 
-    if not cfg.runs:
+    if not cfg.runs and not cfg.models:
         raise SystemExit("give the run folders: runs='[outputs/quality/gru256,...]'")
     missing = [r for r in cfg.runs if not Path(r, "run.json").exists()]
     if missing:
@@ -37,7 +37,7 @@ def main(cfg: DictConfig) -> None:
     df = quality.table(scores)
     df.to_csv(out / "quality.csv", index=False)
     last = df.groupby("run").tail(1)
-    common = df.groupby("run")["cpu_s"].max().min()  # CPU time every run has reached
+    common = df.groupby("run")["cpu_s"].max().min()  # CPU time every run has reached (nan: none)
     at_common = df[df["cpu_s"] <= common * 1.05].groupby("run").tail(1)
     md = [
         f"Protocol: {protocol}",
