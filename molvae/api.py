@@ -10,12 +10,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from molvae import runs, sample
+from molvae import locate, runs, sample
 from molvae.models.vae import VAE, ModelConfig
 from molvae.vocab import Vocab
 
 log = logging.getLogger(__name__)
-PRETRAINED = {"moses": Path(__file__).parent / "assets" / "pretrained" / "moses"}
+PRETRAINED = locate.PRETRAINED
 
 
 class MolVAE:
@@ -166,18 +166,7 @@ def load(run_dir: str | Path, decode_dtype: str | None = None) -> MolVAE:
     on hardware with bfloat16 units, and the molecules differ slightly from float32's. None
     keeps the model's own dtype.
     """
-    if isinstance(run_dir, str) and run_dir.startswith("pretrained:"):
-        name = run_dir.split(":", 1)[1]
-        if name not in PRETRAINED:
-            raise ValueError(f"unknown pretrained model {name!r}; available: {sorted(PRETRAINED)}")
-        run_dir = PRETRAINED[name]
-        if not (run_dir / runs.PARAMS_NPZ).exists():
-            raise runs.RunFolderError(
-                f"the pretrained model {name!r} is not shipped in this installation ({run_dir})"
-            )
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise runs.RunFolderError(f"run folder {run_dir} does not exist")
+    run_dir = locate.run_folder(run_dir)  # a path or pretrained:NAME; checked before any work
     model_cfg, vocab, max_len, config = runs.read_run_info(run_dir)
     model = build_model(model_cfg)
     _restore_params(model, run_dir)
