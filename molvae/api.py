@@ -168,7 +168,10 @@ def load(run_dir: str | Path, decode_dtype: str | None = None) -> MolVAE:
     """
     run_dir = locate.run_folder(run_dir)  # a path or pretrained:NAME; checked before any work
     model_cfg, vocab, max_len, config = runs.read_run_info(run_dir)
-    model = build_model(model_cfg)
+    if (run_dir / runs.PARAMS_NPZ).exists():  # every value comes from the file: shapes only,
+        model = nnx.eval_shape(lambda: build_model(model_cfg))  # not an eager init (~20 s)
+    else:
+        model = build_model(model_cfg)
     _restore_params(model, run_dir)
     out = MolVAE(model, vocab, max_len, run_dir, config, decode_dtype)
     if (run_dir / f"{runs.PREDICTOR}.json").exists():  # .npz + JSON, checked against each other
