@@ -19,10 +19,12 @@ class RunFolderError(ValueError):
 
 
 def pretrained_name(run: str | Path) -> str | None:
-    """'moses' for 'pretrained:moses'; None for a path."""
+    """'moses' for 'pretrained:moses' or for the path of its folder inside the package; None for
+    any other path."""
     if isinstance(run, str) and run.startswith(PRETRAINED_PREFIX):
         return run[len(PRETRAINED_PREFIX) :]
-    return None
+    where = Path(run).resolve()
+    return next((name for name, f in PRETRAINED.items() if f.resolve() == where), None)
 
 
 def run_folder(run: str | Path) -> Path:
