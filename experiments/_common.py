@@ -40,7 +40,16 @@ def output_dir(run: str) -> str:
         sys.exit(f"error: run_dir={run}: {e}")
 
 
+def train_dir(out: str, source: str, path: str | None) -> str:
+    """hydra.run.dir of train/pipeline (${molvae_train_dir:DIR,${data.source},${data.path}}):
+    DIR, once a csv data.path names a file; a mistyped one stops before Hydra creates DIR."""
+    if source == "csv" and path and not Path(path).expanduser().is_file():
+        sys.exit(f"error: data.path={path}: no such file")
+    return out
+
+
 OmegaConf.register_new_resolver("molvae_out", output_dir, replace=True)
+OmegaConf.register_new_resolver("molvae_train_dir", train_dir, replace=True)
 
 
 def log_errors(main: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:

@@ -195,6 +195,12 @@ def test_the_shipped_model_in_the_scripts_writes_to_the_working_directory(root, 
         assert "Unable to initialize backend" not in log.read_text()  # JAX probing for a TPU
 
 
+def test_a_mistyped_data_path_stops_training_before_its_folder_is_made(root, tmp_path):
+    proc = run_in(tmp_path, root, "train.py", "experiment=smoke", "data=csv", "data.path=no.csv")
+    assert proc.returncode != 0 and "error: data.path=no.csv: no such file" in proc.stderr
+    assert list(tmp_path.iterdir()) == []  # no outputs/DATE/TIME with an empty train.log
+
+
 def test_a_failed_training_logs_its_traceback_into_the_run_folder(root, tmp_path):
     src = tmp_path / "bad.csv"
     src.write_text("SMILES\nnot_a_molecule\nC1CC\n")
