@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from molvae import locate
 from molvae.runtime import tune_allocator
 
 tune_allocator()  # before JAX starts its threads: XLA's step buffers stay mapped (see runtime.py)
@@ -24,6 +28,43 @@ if _HERE not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [_HERE, os.environ.get("PYTHONPATH")]))
 
 log = logging.getLogger("molvae")
+
+
+def output_dir(run: str) -> str:
+    """hydra.run.dir of sample/evaluate/optimize (${molvae_out:${run_dir}}): the run folder, or
+    outputs/pretrained-NAME for a shipped model. Hydra resolves it before it creates the folder
+    or its log file, so a mistyped run_dir stops here and leaves nothing behind."""
+    try:
+        return str(locate.output_folder(run))
+    except ValueError as e:  # outside the task function Hydra would print its own traceback
+        sys.exit(f"error: run_dir={run}: {e}")
+
+
+def train_dir(out: str, source: str, path: str | None) -> str:
+    """hydra.run.dir of train/pipeline (${molvae_train_dir:DIR,${data.source},${data.path}}):
+    DIR, once a csv data.path names a file; a mistyped one stops before Hydra creates DIR."""
+    if source == "csv" and path and not Path(path).expanduser().is_file():
+        sys.exit(f"error: data.path={path}: no such file")
+    return out
+
+
+OmegaConf.register_new_resolver("molvae_out", output_dir, replace=True)
+OmegaConf.register_new_resolver("molvae_train_dir", train_dir, replace=True)
+
+
+def log_errors(main: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
+    """Decorate a Hydra task function: an error is logged with its traceback into the job's log
+    (train.log, sample.log, ...) before Hydra reports it, so the run folder says why it stopped."""
+
+    @functools.wraps(main)
+    def wrapper(cfg: DictConfig) -> Any:
+        try:
+            return main(cfg)
+        except Exception:
+            log.exception("%s failed", HydraConfig.get().job.name)
+            raise
+
+    return wrapper
 
 
 def quiet_libraries() -> None:

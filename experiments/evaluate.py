@@ -1,20 +1,23 @@
-"""Score a run's samples: python experiments/evaluate.py run_dir=DIR reference=moses metrics=all."""
+"""Score a run's samples: python experiments/evaluate.py run_dir=DIR reference=moses metrics=all.
 
-from pathlib import Path
+run_dir=pretrained:moses scores the samples that sample.py wrote into outputs/pretrained-moses/.
+"""
 
 import hydra
-from _common import log, quiet_libraries
+from _common import log, log_errors, quiet_libraries, run_dir
 from omegaconf import DictConfig
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+@log_errors
 def main(cfg: DictConfig) -> None:
     quiet_libraries()
-    from molvae import report, runs
+    from molvae import locate, report, runs
 
-    scores = runs.evaluate_run(Path(cfg.run_dir), cfg.reference, cfg.metrics, cfg.n_jobs)
+    out = locate.working_folder(cfg.run_dir, run_dir())  # a shipped model: a copy in run_dir()
+    scores = runs.evaluate_run(out, cfg.reference, cfg.metrics, cfg.n_jobs)
     log.info("metrics: %s", ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
-    log.info("report: %s", report.write_report(Path(cfg.run_dir)))
+    log.info("report: %s", report.write_report(out))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Optimize molecules in a run's latent space: python experiments/optimize.py run_dir=DIR
-objective=qed optimize=bo optimize.budget=1000 (see conf/optimize_run.yaml for the outputs)."""
+objective=qed optimize=bo optimize.budget=1000 (see conf/optimize_run.yaml for the outputs).
+run_dir=pretrained:moses searches the shipped model; outputs go to outputs/pretrained-moses/."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from _common import log, run_dir
+from _common import log, log_errors, quiet_libraries, run_dir
 from omegaconf import DictConfig, OmegaConf
 
 OBJECTIVE_KEYS = ("name", "target", "width", "terms", "constraints", "penalty")
@@ -163,15 +164,16 @@ def _test_smiles(model) -> list[str]:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="optimize_run")
+@log_errors
 def main(cfg: DictConfig) -> float:
-    from molvae import runs
+    quiet_libraries()
+    from molvae import locate, runs
 
     obj = objective_of(cfg.objective)  # every setting is checked before any work starts
     method, budget, opts = method_options(cfg.optimize)
     if cfg.logger.name not in ("none", "wandb"):
         raise ValueError(f"logger.name must be none or wandb, got {cfg.logger.name!r}")
-    if not (Path(cfg.run_dir) / runs.RUN_JSON).exists():
-        raise ValueError(f"run_dir={cfg.run_dir} is not a molvae run folder (no {runs.RUN_JSON})")
+    locate.run_folder(cfg.run_dir)  # a run folder or pretrained:NAME (as hydra.run.dir checks)
     import molvae
 
     out = run_dir()

@@ -1,19 +1,21 @@
-"""Sample molecules from a trained run: python experiments/sample.py run_dir=DIR n=30000."""
+"""Sample molecules from a trained run: python experiments/sample.py run_dir=DIR n=30000.
 
-from pathlib import Path
+run_dir=pretrained:moses samples the shipped model into outputs/pretrained-moses/.
+"""
 
 import hydra
-from _common import log, quiet_libraries
+from _common import log, log_errors, quiet_libraries, run_dir
 from omegaconf import DictConfig
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="sample")
+@log_errors
 def main(cfg: DictConfig) -> None:
     quiet_libraries()
     import molvae
-    from molvae import runs
+    from molvae import locate, runs
 
-    out = Path(cfg.run_dir)
+    out = locate.working_folder(cfg.run_dir, run_dir())  # a shipped model: a copy in run_dir()
     model = molvae.load(out, decode_dtype=cfg.decode_dtype)
     smiles = model.sample(
         cfg.n, temperature=cfg.temperature, seed=cfg.seed, greedy=cfg.greedy, strict=cfg.strict

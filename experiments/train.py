@@ -6,11 +6,20 @@ validation ELBO (nats) so sweepers can minimise it.
 """
 
 import hydra
-from _common import configs, log, make_logger, quiet_libraries, run_dir, start_distributed
+from _common import (
+    configs,
+    log,
+    log_errors,
+    make_logger,
+    quiet_libraries,
+    run_dir,
+    start_distributed,
+)
 from omegaconf import DictConfig, OmegaConf
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@log_errors
 def main(cfg: DictConfig) -> float:
     quiet_libraries()
     start_distributed(cfg)

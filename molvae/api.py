@@ -10,12 +10,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from molvae import runs, sample
+from molvae import locate, runs, sample
 from molvae.models.vae import VAE, ModelConfig
 from molvae.vocab import Vocab
 
 log = logging.getLogger(__name__)
-PRETRAINED = {"moses": Path(__file__).parent / "assets" / "pretrained" / "moses"}
+PRETRAINED = locate.PRETRAINED
 
 
 class MolVAE:
@@ -181,20 +181,12 @@ def load(run_dir: str | Path, decode_dtype: str | None = None, step: int | None 
     keeps the model's own dtype. step: the checkpoint of that training step instead of the
     final parameters (learning curves).
     """
-    if isinstance(run_dir, str) and run_dir.startswith("pretrained:"):
-        name = run_dir.split(":", 1)[1]
-        if name not in PRETRAINED:
-            raise ValueError(f"unknown pretrained model {name!r}; available: {sorted(PRETRAINED)}")
-        run_dir = PRETRAINED[name]
-        if not (run_dir / runs.PARAMS_NPZ).exists():
-            raise runs.RunFolderError(
-                f"the pretrained model {name!r} is not shipped in this installation ({run_dir})"
-            )
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise runs.RunFolderError(f"run folder {run_dir} does not exist")
+    run_dir = locate.run_folder(run_dir)  # a path or pretrained:NAME; checked before any work
     model_cfg, vocab, max_len, config = runs.read_run_info(run_dir)
-    model = build_model(model_cfg)
+    if step is None and (run_dir / runs.PARAMS_NPZ).exists():  # every value comes from the
+        model = nnx.eval_shape(lambda: build_model(model_cfg))  # file: shapes only, no init (~20 s)
+    else:
+        model = build_model(model_cfg)
     _restore_params(model, run_dir, step)
     out = MolVAE(model, vocab, max_len, run_dir, config, decode_dtype)
     if (run_dir / f"{runs.PREDICTOR}.json").exists():  # .npz + JSON, checked against each other

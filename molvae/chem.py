@@ -10,7 +10,8 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
-from multiprocessing import get_context
+from multiprocessing import get_all_start_methods, get_context, get_start_method, set_start_method
+from multiprocessing import util as mp_util
 from typing import Any
 
 import numpy as np
@@ -271,6 +272,7 @@ def process_pool(n_jobs: int):
 
 _POOL: tuple[int, ProcessPoolExecutor] | None = None
 _POOL_LOCK = threading.Lock()
+_FINALIZER_PID: int | None = None  # the process that registered _shutdown_pool with multiprocessing
 
 
 def shared_pool(n_jobs: int) -> ProcessPoolExecutor:
@@ -285,7 +287,7 @@ def shared_pool(n_jobs: int) -> ProcessPoolExecutor:
     `if __name__ == "__main__":` guard would run itself in every worker. molvae's workers only
     run molvae functions, so the script's path is hidden from them while they start.
     """
-    global _POOL
+    global _POOL, _FINALIZER_PID
     with _POOL_LOCK:
         if _POOL is not None:
             size, pool = _POOL
@@ -300,7 +302,14 @@ def shared_pool(n_jobs: int) -> ProcessPoolExecutor:
         main = sys.modules.get("__main__")
         keys = ("__spec__", "__file__")
         saved = {k: main.__dict__[k] for k in keys if main and k in main.__dict__}
+        # A spawned child sets the parent's default start method before anything else. Inside a
+        # joblib (loky) worker that is 'loky', which the child cannot set ("cannot find context
+        # for 'loky'"): the pool would break. Name a standard one while the workers start.
+        method = get_start_method(allow_none=True)
+        foreign = method is not None and method not in get_all_start_methods()
         try:
+            if foreign:
+                set_start_method("spawn", force=True)
             if main is not None:
                 main.__dict__["__spec__"] = None
                 main.__dict__.pop("__file__", None)
@@ -312,10 +321,18 @@ def shared_pool(n_jobs: int) -> ProcessPoolExecutor:
             for _ in range(n_jobs):
                 pool.submit(int)
         finally:
+            if foreign:
+                set_start_method(method, force=True)
             if main is not None:
                 main.__dict__.pop("__spec__", None)
                 main.__dict__.update(saved)
         _POOL = (n_jobs, pool)
+        if os.getpid() != _FINALIZER_PID:
+            # In a child process (a joblib/loky job, a multiprocessing.Process) multiprocessing
+            # joins the children before atexit runs: the exit would wait forever on the pool's
+            # workers. A finalizer with a priority runs before that join.
+            mp_util.Finalize(None, _shutdown_pool, exitpriority=100)
+            _FINALIZER_PID = os.getpid()
         return pool
 
 

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,8 +32,10 @@ REASONS = (
     "too_long",
     "duplicate",
 )
+# Rows of data_report.csv for molecules that were kept but changed (kept=True in the file).
+KEPT_REASONS = ("fragments_stripped",)
 FRAGMENT_POLICIES = ("largest", "reject", "keep")
-FORMAT_VERSION = 2  # bump when preprocessing changes: it is part of the cache key
+FORMAT_VERSION = 3  # bump when preprocessing changes: it is part of the cache key
 MOSES_MEMBER = "moses/dataset/data/{}.csv.gz"
 REPORT_COLUMNS = ("split", "line", "smiles", "reason")
 
@@ -78,6 +81,7 @@ class Split:
     smiles: list[str]
     selfies: list[str]
     properties: pd.DataFrame | None
+    lines: list[int] | None = None  # 1-based line of each molecule in its source file
 
     def __len__(self) -> int:
         return len(self.smiles)
@@ -303,7 +307,9 @@ def _finish_split(name, df, results, props, exclude=frozenset()):
         smiles=[results[i][0] for i in keep],
         selfies=[results[i][1] for i in keep],
         properties=None if props is None else props.iloc[keep].reset_index(drop=True),
+        lines=[int(x) for x in df["line"].to_numpy()[keep]],
     )
+    rejected = sorted(rejected + [(i, "fragments_stripped") for i in keep if results[i][3]])
     idx = [i for i, _ in rejected]
     report = _report_frame(
         [name] * len(idx),
@@ -312,7 +318,7 @@ def _finish_split(name, df, results, props, exclude=frozenset()):
         [r for _, r in rejected],
     )
     counts = {"read": len(results), "kept": len(keep)}
-    counts.update({r: sum(1 for _, x in rejected if x == r) for r in REASONS})
+    counts.update({r: sum(1 for _, x in rejected if x == r) for r in REASONS})  # dropped rows
     counts["fragments_stripped"] = sum(results[i][3] for i in keep)  # kept molecules only
     return split, report, counts
 
@@ -323,6 +329,19 @@ def _report_frame(split, line, smiles, reason) -> pd.DataFrame:
     dtypes = (str, np.int64, str, str)
     return pd.DataFrame(
         {c: pd.Series(v, dtype=t) for c, v, t in zip(REPORT_COLUMNS, columns, dtypes, strict=True)}
+    )
+
+
+def report_rows(ds: Dataset, split: str, rows: Sequence[int], reason: str) -> pd.DataFrame:
+    """Report rows (the columns of Dataset.report) for molecules `rows` of a split that a later
+    step cannot use, e.g. test molecules with symbols outside the training vocabulary."""
+    part: Split = getattr(ds, split)
+    lines = part.lines or [0] * len(part)  # 0: line unknown
+    return _report_frame(
+        [split] * len(rows),
+        [lines[i] for i in rows],
+        [part.smiles[i] for i in rows],
+        [reason] * len(rows),
     )
 
 
@@ -417,6 +436,7 @@ def _save_cache(ds: Dataset, path: Path) -> None:
         split = getattr(ds, name)
         arrays[f"{name}.smiles"] = _pack(split.smiles)
         arrays[f"{name}.selfies"] = _pack(split.selfies)
+        arrays[f"{name}.lines"] = np.asarray(split.lines, np.int64)
         if split.properties is not None:
             arrays[f"{name}.properties"] = split.properties.to_numpy(np.float64)
             arrays["property_columns"] = np.array(list(split.properties.columns), dtype=str)
@@ -455,7 +475,8 @@ def _split_from(z, name: str, cols: list[str] | None) -> Split:
     props = None
     if cols is not None:
         props = pd.DataFrame(z[f"{name}.properties"], columns=cols, dtype=float)
-    return Split(_unpack(z[f"{name}.smiles"]), _unpack(z[f"{name}.selfies"]), props)
+    lines = [int(x) for x in z[f"{name}.lines"]]
+    return Split(_unpack(z[f"{name}.smiles"]), _unpack(z[f"{name}.selfies"]), props, lines)
 
 
 def _split_names(ds: Dataset) -> list[str]:
@@ -527,9 +548,17 @@ def _log_summary(ds: Dataset, seconds: float) -> None:
     )
 
 
-def write_report(ds: Dataset, run_dir: str | Path) -> None:
-    """Write run_dir/data_report.csv (one row per rejected input) and run_dir/data_stats.json."""
+def write_report(ds: Dataset, run_dir: str | Path, extra: pd.DataFrame | None = None) -> None:
+    """Write run_dir/data_report.csv and run_dir/data_stats.json.
+
+    The report has one row per input molecule that was dropped or changed: split, line (in its
+    source file), smiles (as read), reason, kept (True for molecules kept but changed, such as
+    fragments_stripped). `extra` rows (same first four columns) are appended, e.g. the test
+    molecules with symbols outside the training vocabulary (reason unknown_symbol).
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    ds.report.to_csv(run_dir / "data_report.csv", index=False)
+    report = ds.report if extra is None else pd.concat([ds.report, extra], ignore_index=True)
+    report = report.assign(kept=report["reason"].isin(KEPT_REASONS))
+    report.to_csv(run_dir / "data_report.csv", index=False)
     (run_dir / "data_stats.json").write_text(json.dumps(ds.stats, indent=2, sort_keys=True) + "\n")

@@ -14,13 +14,14 @@ import pandas as pd
 from flax import nnx
 
 from molvae import chem
+from molvae.locate import RUN_JSON, RunFolderError  # noqa: F401 - the run folder's names
 from molvae.models.vae import VAE, ModelConfig
 from molvae.vocab import Vocab
 
 log = logging.getLogger(__name__)
 
 RUN_FORMAT = "molvae-run-1"
-RUN_JSON, VOCAB_JSON, METRICS_JSONL = "run.json", "vocab.json", "metrics.jsonl"
+VOCAB_JSON, METRICS_JSONL = "vocab.json", "metrics.jsonl"
 LIKELIHOOD_JSON = "likelihood.json"
 PREDICTOR = "predictor"  # run_dir/predictor.json + predictor.npz: a property predictor
 SAMPLES_CSV, EVAL_JSON, PARAMS_NPZ, CHECKPOINTS = (
@@ -29,10 +30,6 @@ SAMPLES_CSV, EVAL_JSON, PARAMS_NPZ, CHECKPOINTS = (
     "params.npz",
     "checkpoints",
 )
-
-
-class RunFolderError(ValueError):
-    """A run folder that is missing, incomplete or not molvae's (names the file)."""
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
@@ -89,7 +86,8 @@ def flatten_tree(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
     out = {}
     for k, v in tree.items():
         name = f"{prefix}/{k}" if prefix else str(k)
-        out.update(flatten_tree(v, name) if isinstance(v, dict) else {name: np.asarray(v)})
+        leaf = v if isinstance(v, jax.ShapeDtypeStruct) else np.asarray(v)  # abstract: shapes
+        out.update(flatten_tree(v, name) if isinstance(v, dict) else {name: leaf})
     return out
 
 

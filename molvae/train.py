@@ -570,12 +570,21 @@ def train(
         scores = _save_joint_predictor(model, pred, (val_t, val_l), y_val, cfg, run_dir)
         final.update(scores)
         logger.log({"step": step, **scores})
-    log.info(
-        "trained to step %d in %.1f s; %s",
-        step,
-        time.perf_counter() - t0,
-        json.dumps({k: round(v, 4) for k, v in final.items()}),
-    )
+    if start >= cfg.steps:  # a finished run started again: nothing was trained
+        final = {**last_validation(run_dir / runs.METRICS_JSONL), **final}
+        log.info(
+            "run already complete at step %d (train.steps=%d); final validation: %s",
+            step,
+            cfg.steps,
+            json.dumps({k: round(v, 4) for k, v in final.items()}),
+        )
+    else:
+        log.info(
+            "trained to step %d in %.1f s; %s",
+            step,
+            time.perf_counter() - t0,
+            json.dumps({k: round(v, 4) for k, v in final.items()}),
+        )
     return TrainResult(model=model, step=step, history=history, final_eval=final, predictor=pred)
 
 
@@ -638,6 +647,20 @@ def config_dict(*cfgs: Any) -> dict[str, Any]:
     return {type(c).__name__: dataclasses.asdict(c) for c in cfgs}
 
 
+def last_validation(path: Path) -> dict[str, float]:
+    """The val_* metrics of the last record of a metrics.jsonl that has them ({} if none)."""
+    if not path.exists():
+        return {}
+    for line in reversed(path.read_text().splitlines()):
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by a crash mid-write
+            continue
+        if val := {k: v for k, v in rec.items() if k.startswith("val_")}:
+            return val
+    return {}
+
+
 # ----------------------------------------------------------------------------- data -> run
 
 
@@ -674,19 +697,23 @@ def train_and_evaluate(
     )
     max_len = data_cfg.max_len
     train_arr = vocab.encode_batch(ds.train.selfies, max_len, ds.train.smiles)
-    # Test molecules with a symbol never seen in training cannot be scored; count them.
-    keep, keep_rows, skipped = [], [], 0
+    # Test molecules with a symbol never seen in training cannot be scored: listed in the report.
+    keep, keep_rows, skipped = [], [], []
     for i, (s, m) in enumerate(zip(ds.test.selfies, ds.test.smiles, strict=True)):
         try:
             vocab.encode(s, m)
             keep.append(s)
             keep_rows.append(i)
         except UnknownSymbolError:
-            skipped += 1
+            skipped.append(i)
     if skipped:
+        unknown = data_mod.report_rows(ds, "test", skipped, "unknown_symbol")
+        data_mod.write_report(ds, run_dir, unknown)
         log.warning(
-            "%d test molecules have symbols outside the training vocabulary; skipped in validation",
-            skipped,
+            "%d test molecules have symbols outside the training vocabulary; skipped in "
+            "validation, listed in %s (reason unknown_symbol)",
+            len(skipped),
+            run_dir / "data_report.csv",
         )
     val_arr = vocab.encode_batch(keep, max_len)
     model_cfg = dataclasses.replace(model_cfg, vocab_size=len(vocab))

@@ -3,8 +3,10 @@
 import json
 import shutil
 
+import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 import molvae
 from molvae import runs
@@ -67,7 +69,9 @@ def test_params_export_round_trip(model, tiny_run, tmp_path):
     for name in (runs.RUN_JSON, runs.VOCAB_JSON):
         shutil.copy(tiny_run / name, folder / name)
     runs.export_params(model.model, folder / runs.PARAMS_NPZ)
-    again = molvae.load(folder)
+    again = molvae.load(folder)  # built from shapes only (no initialisation), then filled
+    leaves = jax.tree.leaves(nnx.state(again.model))
+    assert leaves and all(isinstance(x, jax.Array) for x in leaves)
     np.testing.assert_array_equal(again.encode(MOLS), model.encode(MOLS))
     assert again.sample(16, seed=2) == model.sample(16, seed=2)
 

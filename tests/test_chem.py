@@ -87,6 +87,38 @@ def test_process_pool_works_from_a_script_without_a_main_guard(tmp_path):
     assert "5000 CCO c1ccccc1" in proc.stdout
 
 
+def test_process_pool_works_inside_joblib_workers_and_lets_them_exit(tmp_path):
+    """A Hydra joblib sweep runs each job in a loky worker: the pool started there used to break
+    ("cannot find context for 'loky'"), and once fixed, the worker's exit waited on the pool."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "jobs.py"
+    script.write_text(
+        "import multiprocessing as mp\n"
+        "from joblib import Parallel, delayed\n"
+        "def job(i):\n"
+        "    from molvae import chem\n"
+        "    return chem.parallel_map(chem.canonical, ['OCC', 'c1ccccc1'] * 2500, n_jobs=2)[i]\n"
+        "def child(q):\n"
+        "    from molvae import chem\n"
+        "    q.put(len(chem.parallel_map(chem.canonical, ['OCC'] * 5000, n_jobs=2)))\n"
+        "if __name__ == '__main__':\n"
+        "    print(Parallel(n_jobs=2, backend='loky')(delayed(job)(i) for i in range(2)))\n"
+        "    q = mp.get_context('spawn').Queue()\n"
+        "    p = mp.get_context('spawn').Process(target=child, args=(q,))\n"
+        "    p.start()\n"
+        "    print(q.get(timeout=120))\n"
+        "    p.join(timeout=60)\n"
+        "    print('exitcode', p.exitcode, flush=True)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines() == ["['CCO', 'c1ccccc1']", "5000", "exitcode 0"]
+
+
 def test_shared_pool_is_reused_and_replaced_when_broken_or_resized():
     import os
     import signal

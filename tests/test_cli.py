@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from molvae import cli
 from molvae.cli import EXIT_OK, EXIT_USAGE, main
 
 
@@ -43,7 +44,8 @@ def test_sample_encode_decode_evaluate(tiny_run, tmp_path):
     assert len(dec) == 3 and dec[1] == ""
 
     scores = tmp_path / "m.json"
-    assert main(["evaluate", str(samples), "--smiles-column", "smiles", "-o", str(scores)]) == 0
+    args = ["evaluate", str(samples), "--smiles-column", "smiles", "--basic", "-o", str(scores)]
+    assert main(args) == 0
     m = json.loads(scores.read_text())
     assert 0 <= m["valid"] <= 1 and "Novelty" in m and np.isfinite(m["IntDiv"])
 
@@ -58,8 +60,98 @@ def test_bad_input_exit_codes(tiny_run, tmp_path, capsys):
     assert "latent columns" in capsys.readouterr().err
 
 
-def test_console_script_is_installed(tiny_run):
+def test_console_script_is_installed_and_fills_the_compilation_cache(tiny_run, tmp_path):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
+    env["MOLVAE_CACHE"] = str(tmp_path)
     exe = [sys.executable, "-m", "molvae.cli", "sample", str(tiny_run), "-n", "3"]
-    proc = subprocess.run(exe, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(exe, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[0] == "smiles" and len(proc.stdout.splitlines()) == 4
+    assert list((tmp_path / "jax").iterdir())  # compiled programs, reused by the next call
+
+
+def test_version_comes_from_the_installed_distribution(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.strip() == f"molvae {version('molvae')}"
+
+
+def test_every_option_has_help():
+    def actions(p):
+        for a in p._actions:
+            if isinstance(a, cli.argparse._SubParsersAction):
+                for sub in a.choices.values():
+                    yield from actions(sub)
+            else:
+                yield p.prog, a
+
+    found = list(actions(cli.parser()))
+    assert len(found) > 30
+    missing = [(prog, a.dest) for prog, a in found if not a.help]
+    assert missing == []
+
+
+def test_evaluate_defaults_to_the_full_suite_like_the_python_function(monkeypatch, tmp_path):
+    from molvae import metrics
+
+    calls = []
+    monkeypatch.setattr(metrics, "evaluate", lambda s, **kw: calls.append("all") or {"valid": 1})
+    monkeypatch.setattr(metrics, "basic_metrics", lambda s, t: calls.append("basic") or {})
+    src = tmp_path / "s.smi"
+    src.write_text("CCO\n")
+    assert main(["evaluate", str(src)]) == EXIT_OK
+    assert main(["evaluate", str(src), "--all"]) == EXIT_OK
+    assert main(["evaluate", str(src), "--basic", "--train", str(src)]) == EXIT_OK
+    assert calls == ["all", "all", "basic"]
+    assert main(["evaluate", str(src), "--basic", "--all"]) == EXIT_USAGE
+
+
+BAD_CALLS = [
+    (["sample", "no/such/run", "-n", "3"], "run folder no/such/run does not exist"),
+    (["sample", "pretrained:nothing"], "unknown pretrained model 'nothing'"),
+    (["encode", "pretrained:moses", "missing.smi"], "missing.smi: no such file"),
+    (["decode", "pretrained:moses", "missing.csv"], "missing.csv: no such file"),
+    (["evaluate", "missing.smi"], "missing.smi: no such file"),
+    (["sample", "pretrained:moses", "-n", "-1"], "argument -n: must be >= 0"),
+    (["sample", "pretrained:moses", "--temperature", "0"], "must be > 0"),
+    (["optimize", "pretrained:moses", "--budget", "0"], "argument --budget: must be >= 1"),
+]
+
+
+def test_bad_arguments_fail_before_jax_is_imported(tmp_path):
+    """One process for all the calls: after them, JAX must still not have been imported."""
+    script = (
+        "import sys\n"
+        "from molvae.cli import main\n"
+        f"for argv in {[argv for argv, _ in BAD_CALLS]!r}:\n"
+        "    try:\n"
+        "        rc = main(argv)\n"
+        "    except SystemExit as e:\n"
+        "        rc = e.code\n"
+        "    print('rc', rc, flush=True)\n"
+        "print('jax imported:', 'jax' in sys.modules)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert proc.stdout.splitlines() == [f"rc {EXIT_USAGE}"] * len(BAD_CALLS) + [
+        "jax imported: False"
+    ], proc.stderr[-2000:]
+    for _, message in BAD_CALLS:
+        assert message in proc.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing created
+
+
+def test_compilation_cache_dir_defaults_under_molvae_cache(monkeypatch, tmp_path):
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    monkeypatch.setenv("MOLVAE_CACHE", str(tmp_path))
+    cli.enable_compilation_cache()
+    assert cli.os.environ["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path / "jax")
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "mine"))
+    cli.enable_compilation_cache()  # the user's own setting is kept
+    assert cli.os.environ["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path / "mine")

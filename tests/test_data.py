@@ -80,7 +80,8 @@ def test_write_report(tmp_path):
     ds = _load(_csv(tmp_path, MALFORMED))
     data.write_report(ds, tmp_path / "run")
     report = pd.read_csv(tmp_path / "run" / "data_report.csv", keep_default_na=False)
-    assert list(report.columns) == ["split", "line", "smiles", "reason"] and len(report) == 6
+    assert list(report.columns) == ["split", "line", "smiles", "reason", "kept"]
+    assert len(report) == 6 and not report["kept"].any()  # all dropped
     stats = json.loads((tmp_path / "run" / "data_stats.json").read_text())
     assert stats["total"]["kept"] == 3 and stats["cache_hit"] is False
 
@@ -137,7 +138,9 @@ SALTS = (
         (
             "largest",
             ["CCO", "CC(=O)[O-]", "CCN", "CN1CCC(c2ccccc2)CC1", "c1ccccc1"],
-            {6: "duplicate"},  # ethanol once its water is gone
+            # kept without their salts (listed, kept); ethanol once its water is gone (dropped)
+            {3: "fragments_stripped", 4: "fragments_stripped", 5: "fragments_stripped"}
+            | {6: "duplicate"},
             3,
         ),
         ("reject", ["CCO", "c1ccccc1"], dict.fromkeys([3, 4, 5, 6], "multiple_fragments"), 0),
@@ -173,6 +176,13 @@ def test_fragments_stripped_in_report_and_log(tmp_path, caplog):
     data.write_report(ds, tmp_path / "run")
     stats = json.loads((tmp_path / "run" / "data_stats.json").read_text())
     assert stats["train"]["fragments_stripped"] == stats["total"]["fragments_stripped"] == 3
+    report = pd.read_csv(tmp_path / "run" / "data_report.csv", keep_default_na=False)
+    assert report[["line", "smiles", "reason", "kept"]].values.tolist() == [
+        [3, "CC(=O)[O-].[Na+]", "fragments_stripped", True],
+        [4, "CCO.CCN", "fragments_stripped", True],
+        [5, "Cl.CN1CCC(CC1)c1ccccc1", "fragments_stripped", True],
+        [6, "OCC.O", "duplicate", False],
+    ]
 
 
 def test_largest_fragment():

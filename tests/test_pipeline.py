@@ -99,6 +99,7 @@ def test_impossible_config_fails_before_work_naming_the_key(root, tmp_path, over
     )
     assert proc.returncode != 0 and key in proc.stderr + proc.stdout
     assert not (tmp_path / "checkpoints").exists()
+    assert key in (tmp_path / "train.log").read_text()  # the folder says why it stopped
 
 
 def test_wandb_logger_writes_an_offline_run_into_the_run_folder(root, tmp_path):
@@ -190,3 +191,68 @@ ARM_KEYS = {  # what an arm may change: the factor it studies, and its checkpoin
     "train.kl_max", "train.free_bits", "train.lr", "train.batch_size", "train.warmup_steps",
     "train.kl_warmup_steps", "train.ckpt_every", "train.eval_every", "data.bpe_merges",
 }  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- run_dir
+
+
+def run_in(cwd, root, script, *overrides):
+    env = {**os.environ, "HYDRA_FULL_ERROR": "1"}
+    cmd = [sys.executable, str(root / "experiments" / script), *overrides]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("script", ["sample.py", "evaluate.py", "optimize.py"])
+def test_a_mistyped_run_dir_is_an_error_that_creates_nothing(root, tmp_path, script):
+    proc = run_in(tmp_path, root, script, "run_dir=no/such/run")
+    assert proc.returncode != 0
+    assert "run_dir=no/such/run: run folder no/such/run does not exist" in proc.stderr
+    assert "Traceback" not in proc.stderr  # a message, not Hydra's stack
+    assert list(tmp_path.iterdir()) == []  # no no/such/run/sample.log, no optimize/ folder
+    proc = run_in(tmp_path, root, script, "run_dir=pretrained:nothing")
+    assert proc.returncode != 0 and "unknown pretrained model 'nothing'" in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_shipped_model_in_the_scripts_writes_to_the_working_directory(root, tmp_path):
+    from molvae import locate
+
+    shipped = sorted(p.name for p in locate.PRETRAINED["moses"].iterdir())
+    run_in(tmp_path, root, "sample.py", "run_dir=pretrained:moses", "n=20", "seed=1")
+    out = tmp_path / "outputs" / "pretrained-moses"
+    samples = pd.read_csv(out / "samples.csv", keep_default_na=False)
+    assert len(samples) == 20 and samples["valid"].all()  # SELFIES: every decode is a molecule
+    assert (out / "sample.log").exists() and (out / "run.json").exists()
+    assert molvae.load(out).sample(3, seed=5) == molvae.load("pretrained:moses").sample(3, seed=5)
+
+    proc = run_in(
+        tmp_path, root, "optimize.py", "run_dir=pretrained:moses", "optimize=gradient",
+        "optimize.budget=10", "progress=false",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "optimize" / "qed-gradient-0" / "summary.json").read_text())
+    assert summary["oracle_calls"] == 10 and 0 < summary["top1"] <= 1
+    assert sorted(p.name for p in locate.PRETRAINED["moses"].iterdir()) == shipped  # untouched
+    assert not (tmp_path / "pretrained:moses").exists()
+    for log in (out / "sample.log", out / "optimize" / "qed-gradient-0" / "optimize.log"):
+        assert "Unable to initialize backend" not in log.read_text()  # JAX probing for a TPU
+
+
+def test_a_mistyped_data_path_stops_training_before_its_folder_is_made(root, tmp_path):
+    proc = run_in(tmp_path, root, "train.py", "experiment=smoke", "data=csv", "data.path=no.csv")
+    assert proc.returncode != 0 and "error: data.path=no.csv: no such file" in proc.stderr
+    assert list(tmp_path.iterdir()) == []  # no outputs/DATE/TIME with an empty train.log
+
+
+def test_a_failed_training_logs_its_traceback_into_the_run_folder(root, tmp_path):
+    src = tmp_path / "bad.csv"
+    src.write_text("SMILES\nnot_a_molecule\nC1CC\n")
+    out = tmp_path / "run"
+    proc = run(
+        root, "train.py", "experiment=smoke", "data=csv", f"data.path={src}",
+        f"hydra.run.dir={out}", check=False,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    text = (out / "train.log").read_text()
+    assert "train failed" in text and "Traceback" in text
+    assert "no usable molecules in the train split" in text

@@ -98,6 +98,22 @@ def test_joblib_multirun_writes_two_run_folders_and_collects(tmp_path):
         assert (sweep / png).read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow  # two jobs preprocess 4,300 molecules each in process pools: ~1 min
+def test_joblib_multirun_on_a_cold_data_cache(tmp_path, monkeypatch):
+    """Each joblib (loky) job starts its own RDKit process pool to preprocess the data: inside a
+    loky worker the pool's children used to fail ("cannot find context for 'loky'")."""
+    monkeypatch.setenv("MOLVAE_CACHE", str(tmp_path / "cache"))  # nothing preprocessed yet
+    sweep = tmp_path / "sweep"
+    # 300 train + 2,000 test + 2,000 scaffold molecules: above chem.SERIAL_BELOW, so the pool runs
+    multirun(sweep, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *FAST, "data.n_jobs=2",
+             "model.latent_dim=4,8")  # fmt: skip
+    assert_two_finished_runs(sweep)
+    for job in ("0", "1"):
+        report = pd.read_csv(sweep / job / "data_report.csv", keep_default_na=False)
+        assert "reason" in report.columns
+    assert list((tmp_path / "cache").rglob("*.npz")), "no preprocessed data in the cache"
+
+
 def test_submitit_local_multirun_writes_two_run_folders(tmp_path):
     sweep = tmp_path / "sweep"
     multirun(sweep, "hydra/launcher=submitit_local", *FAST, "seed=0,1")

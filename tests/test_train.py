@@ -266,3 +266,46 @@ def test_joint_training_config_errors_name_the_key():
         TrainConfig(property_weight=-1.0)
     with pytest.raises(ValueError, match="train.property_targets"):
         TrainConfig(property_weight=1.0, property_targets=())
+
+
+def test_data_report_lists_unknown_symbols_and_a_rerun_reports_its_final_metrics(tmp_path, caplog):
+    """Test molecules with symbols the training set lacks are named in data_report.csv; running
+    a finished run again trains nothing and reports the run's final validation metrics."""
+    import pandas as pd
+    import selfies as sf
+
+    from molvae import data
+    from molvae.train import train_and_evaluate
+
+    # Each halogen, sulfur and silicon molecule holds a symbol of its own: those that land in
+    # the test split cannot be encoded with the training vocabulary.
+    rows = [*SMILES, "CCCl", "CCBr", "CCI", "CCF", "CC[Si](C)(C)C", "CCS", "ClCCCl", "BrCCBr"]
+    src = tmp_path / "mols.csv"
+    src.write_text("SMILES\n" + "\n".join(rows) + "\n")
+    dcfg = data.DataConfig(source="csv", path=str(src), test_fraction=0.5, max_len=40)
+    tcfg = TrainConfig(**{**TRAIN, "steps": 2, "eval_every": 2, "ckpt_every": 2, "batch_size": 4})
+    run = tmp_path / "run"
+    log = JsonlLogger(run / "metrics.jsonl")
+    first = train_and_evaluate(dcfg, ModelConfig(**MODEL), tcfg, run, log)
+
+    ds = data.load_dataset(dcfg)
+    vocab = set(Vocab.fit(ds.train.selfies).tokens)
+    lost = [
+        (line, s)
+        for line, s, sel in zip(ds.test.lines, ds.test.smiles, ds.test.selfies, strict=True)
+        if not set(sf.split_selfies(sel)) <= vocab
+    ]
+    assert lost, "the seeded split put no unknown-symbol molecule into test"
+    report = pd.read_csv(run / "data_report.csv", keep_default_na=False)
+    unknown = report[report["reason"] == "unknown_symbol"]
+    assert list(zip(unknown["line"], unknown["smiles"], strict=True)) == lost
+    assert set(unknown["split"]) == {"test"} and not unknown["kept"].any()
+    assert all(rows[line - 2] == s or chem.canonical(rows[line - 2]) == s for line, s in lost)
+
+    caplog.clear()
+    with caplog.at_level("INFO", logger="molvae.train"):
+        again = train_and_evaluate(dcfg, ModelConfig(**MODEL), tcfg, run, log)
+    assert "run already complete at step 2 (train.steps=2); final validation:" in caplog.text
+    assert "trained to step" not in caplog.text
+    assert again.final_eval["val_elbo"] == pytest.approx(first.final_eval["val_elbo"], abs=1e-4)
+    assert set(again.final_eval) == set(first.final_eval)
