@@ -32,7 +32,8 @@ class MolVAE:
     ):
         self.model, self.vocab, self.max_len = model, vocab, max_len
         self.run_dir, self.config = run_dir, config or {}
-        self._dec = sample.Decoder(model, vocab, max_len, decode_dtype)
+        fragments = self.config.get("data", {}).get("fragments", "largest")
+        self._dec = sample.Decoder(model, vocab, max_len, decode_dtype, fragments)
         self.predictor = None  # a latent property predictor saved in the run folder, if any
 
     @property
@@ -75,19 +76,13 @@ class MolVAE:
     def encode(self, smiles: Sequence[str], return_logvar: bool = False, errors: str = "raise"):
         """Posterior means (n, latent_dim); with return_logvar also the log-variances.
 
+        Molecules are preprocessed as the training data was: canonical SMILES, and salts and
+        mixtures ("CC(=O)[O-].[Na+]") reduced to their largest organic fragment unless the run
+        was trained with another data.fragments policy; a warning counts what was changed.
         errors="raise": ValueError naming the molecule for invalid SMILES or unknown SELFIES
         symbols. errors="nan": such rows are nan (count them with np.isnan(z).any(1)).
         """
-        smiles = list(smiles)
-        if errors not in ("raise", "nan"):
-            raise ValueError(f"errors must be 'raise' or 'nan', got {errors!r}")
-        ok = self._dec.encodable(smiles) if errors == "nan" else np.ones(len(smiles), bool)
-        mu, logvar = self._dec.encode([s for s, k in zip(smiles, ok, strict=True) if k])
-        if not ok.all():
-            full = np.full((len(smiles), self.latent_dim), np.nan, np.float32)
-            full_lv = full.copy()
-            full[ok], full_lv[ok] = mu, logvar
-            mu, logvar = full, full_lv
+        mu, logvar = self._dec.encode(list(smiles), errors=errors)
         return (mu, logvar) if return_logvar else mu
 
     def decode(
@@ -140,13 +135,21 @@ class MolVAE:
         return self.decode(sample.neighbourhood(z, n, scale, seed))
 
     def log_likelihood(
-        self, smiles: Sequence[str], k: int = 64, seed: int = 0, details: bool = False
+        self,
+        smiles: Sequence[str],
+        k: int = 64,
+        seed: int = 0,
+        details: bool = False,
+        errors: str = "raise",
     ):
         """Importance-weighted lower bound on log p(x) per molecule, in nats (k samples).
 
-        With details=True: dict with log_likelihood, rate (KL, nats) and distortion (nats).
+        Molecules are preprocessed as in `encode`. errors="nan": nan for molecules that cannot
+        be encoded (errors="raise": ValueError naming one). With details=True: dict of (n,)
+        arrays: log_likelihood, rate (KL, nats), distortion (nats), n_symbols, per_symbol (nats
+        per SELFIES symbol), stripped and stereo_dropped (what preprocessing changed).
         """
-        out = self._dec.log_likelihood(list(smiles), k=k, seed=seed)
+        out = self._dec.log_likelihood(list(smiles), k=k, seed=seed, errors=errors)
         return out if details else out["log_likelihood"]
 
 

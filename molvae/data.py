@@ -260,14 +260,18 @@ def read_smiles_file(
 # ----------------------------------------------------------------------------- preprocessing
 
 
-def _preprocess_one(args: tuple[str, int, str]) -> tuple[str, str, str, bool]:
-    """(raw SMILES, max_len, fragments policy) -> (canonical SMILES, SELFIES, reason, stripped).
+def standardize(smiles: str | None, fragments: str = "largest") -> tuple[str, str, bool]:
+    """The molecule that training sees for one input: (canonical SMILES, reason, stripped).
 
-    reason is '' if kept; stripped is True if salts/solvents were dropped ('largest' policy).
+    Canonical isomeric SMILES; a disconnected input (salt, mixture) follows the fragments policy
+    (see DataConfig.fragments). reason is '' if usable, else 'empty', 'invalid_smiles' or
+    'multiple_fragments' ('reject' policy); stripped is True if salts/solvents were dropped
+    ('largest' policy). The one definition for training data and for scoring user molecules.
     """
-    smiles, max_len, fragments = args
+    if fragments not in FRAGMENT_POLICIES:
+        raise DataError(f"fragments must be one of {list(FRAGMENT_POLICIES)}, got {fragments!r}")
     if not smiles or not smiles.strip():
-        return "", "", "empty", False
+        return "", "empty", False
     multi = False
     try:
         can = chem.canonical(smiles)
@@ -277,10 +281,21 @@ def _preprocess_one(args: tuple[str, int, str]) -> tuple[str, str, str, bool]:
     except Exception:  # never let one odd molecule kill a long job
         can = None
     if not can:
-        return "", "", "invalid_smiles", False
+        return "", "invalid_smiles", False
     if multi and fragments == "reject":
-        return can, "", "multiple_fragments", False
-    stripped = multi and fragments == "largest"
+        return can, "multiple_fragments", False
+    return can, "", multi and fragments == "largest"
+
+
+def _preprocess_one(args: tuple[str, int, str]) -> tuple[str, str, str, bool]:
+    """(raw SMILES, max_len, fragments policy) -> (canonical SMILES, SELFIES, reason, stripped).
+
+    reason is '' if kept; stripped is True if salts/solvents were dropped ('largest' policy).
+    """
+    smiles, max_len, fragments = args
+    can, reason, stripped = standardize(smiles, fragments)
+    if reason:
+        return can, "", reason, stripped
     try:
         sel = sf.encoder(can)
     except Exception:

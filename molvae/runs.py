@@ -186,15 +186,16 @@ def test_likelihood(
         raise RunFolderError(f"{run_dir}: no data config in {RUN_JSON}; no test set to score")
     model = model or molvae.load(run_dir)
     test = ds.test.smiles[:n]
-    # invalid SMILES and symbols outside the vocabulary cannot be scored
-    ok = [s for s, keep in zip(test, model._dec.encodable(test), strict=True) if keep]
-    out = model.log_likelihood(ok, k=k, seed=seed, details=True)
-    nats = float(-np.mean(out["log_likelihood"])) if ok else float("nan")
+    # invalid SMILES and symbols outside the vocabulary cannot be scored: nan rows
+    out = model.log_likelihood(test, k=k, seed=seed, details=True, errors="nan")
+    ok = np.isfinite(out["log_likelihood"])
+    out = {name: v[ok] for name, v in out.items()}
+    nats = float(-np.mean(out["log_likelihood"])) if ok.any() else float("nan")
     rate, dist = float(np.mean(out["rate"])), float(np.mean(out["distortion"]))
     ln2 = float(np.log(2.0))
     scores = {
-        "n": len(ok),
-        "skipped_out_of_vocabulary": len(test) - len(ok),
+        "n": int(ok.sum()),
+        "skipped_out_of_vocabulary": int(len(test) - ok.sum()),
         "k": k,
         "nll_nats": nats,
         "nll_bits": nats / ln2,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from functools import partial
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +13,7 @@ import numpy as np
 import selfies as sf
 from flax import nnx
 
-from molvae import chem
+from molvae import chem, data
 from molvae.models.vae import VAE
 from molvae.train import gaussian_kl, sequence_nll
 from molvae.vocab import UnknownSymbolError, Vocab
@@ -87,15 +88,34 @@ def _iw_terms(graphdef, params, tokens, lengths, key, k: int):
     return bound, rate, -log_px_z.mean(0)
 
 
+class Encoded(NamedTuple):
+    """One molecule as the model reads it, and what preprocessing changed on the way."""
+
+    selfies: str
+    stripped: bool  # salts/solvents dropped (the training data's fragments policy)
+    flattened: bool  # stereochemistry dropped (the vocabulary lacks it)
+
+
 class Decoder:
     """Compiled encode/decode around a trained VAE and its vocabulary (numpy in, numpy out)."""
 
     def __init__(
-        self, model: VAE, vocab: Vocab, max_len: int, decode_dtype: str | None = None
+        self,
+        model: VAE,
+        vocab: Vocab,
+        max_len: int,
+        decode_dtype: str | None = None,
+        fragments: str = "largest",
     ) -> None:
         """decode_dtype: operand type of the decoder's GRU matmuls when generating (None:
         the model's own; bfloat16 for hardware with fast bfloat16 matmuls; sums and states stay
-        float32). Encoding and likelihoods always use the model's own dtype."""
+        float32). Encoding and likelihoods always use the model's own dtype. fragments: how
+        salts and mixtures are read when encoding (data.standardize), as in training."""
+        if fragments not in data.FRAGMENT_POLICIES:
+            raise ValueError(
+                f"fragments must be one of {data.FRAGMENT_POLICIES}, got {fragments!r}"
+            )
+        self.fragments = fragments
         decode_dtype = decode_dtype or model.cfg.dtype
         if decode_dtype not in ("float32", "bfloat16"):
             raise ValueError(f"decode_dtype must be 'float32' or 'bfloat16', got {decode_dtype!r}")
@@ -260,28 +280,60 @@ class Decoder:
 
     # -- SMILES -> latents ----------------------------------------------------------------------
 
-    def to_selfies(self, smiles: str) -> tuple[str, bool]:
-        """SELFIES of one molecule in this vocabulary, and whether stereo had to be dropped.
+    def to_selfies(self, smiles: str) -> Encoded:
+        """SELFIES of one molecule in this vocabulary, preprocessed as the training data was
+        (data.standardize: canonical SMILES, salts and mixtures under the `fragments` policy).
 
-        Raises ValueError for invalid SMILES, UnknownSymbolError (naming symbol and molecule)
-        for symbols outside the vocabulary.
+        Raises ValueError for invalid SMILES (or a mixture under the 'reject' policy),
+        UnknownSymbolError (naming symbol and molecule) for symbols outside the vocabulary.
         """
-        can = chem.canonical(smiles)
-        enc = chem.smiles_to_selfies(can) if can else None
+        can, reason, stripped = data.standardize(smiles, self.fragments)
+        enc = chem.smiles_to_selfies(can) if not reason else None
         if enc is None:
-            raise ValueError(f"cannot encode molecule {smiles!r}: invalid SMILES")
+            why = {"multiple_fragments": "a mixture (fragments='reject')"}.get(reason, "invalid")
+            raise ValueError(f"cannot encode molecule {smiles!r}: {why} SMILES")
         try:
             self.vocab.encode(enc, smiles)
-            return enc, False
+            return Encoded(enc, stripped, False)
         except UnknownSymbolError as unknown:
             # Models trained without stereochemistry (MOSES has none) still encode a chiral
             # input by its flat graph; anything else unknown is an error naming the symbol.
-            flat = chem.smiles_to_selfies(chem.canonical(smiles, isomeric=False) or "")
+            flat = chem.smiles_to_selfies(chem.canonical(can, isomeric=False) or "")
             try:
                 self.vocab.encode(flat or "", smiles)
             except UnknownSymbolError:
                 raise unknown from None
-            return flat, True
+            return Encoded(flat, stripped, True)
+
+    def prepare(self, smiles: Sequence[str], errors: str = "raise") -> list[Encoded | None]:
+        """to_selfies of each molecule. errors="raise": the first failure raises; "nan": None
+        where a molecule cannot be encoded. Logs one warning counting what preprocessing
+        changed (salts/solvents stripped, stereochemistry dropped, molecules skipped)."""
+        if errors not in ("raise", "nan"):
+            raise ValueError(f"errors must be 'raise' or 'nan', got {errors!r}")
+        out: list[Encoded | None] = []
+        for s in smiles:
+            try:
+                out.append(self.to_selfies(s))
+            except ValueError:
+                if errors == "raise":
+                    raise
+                out.append(None)
+        stripped = sum(e is not None and e.stripped for e in out)
+        flattened = sum(e is not None and e.flattened for e in out)
+        skipped = sum(e is None for e in out)
+        if stripped or flattened or skipped:
+            log.warning(
+                "scoring %d molecules as the training data was preprocessed: %d with salts or "
+                "solvents stripped (fragments=%r), %d without stereochemistry (the vocabulary "
+                "lacks it), %d skipped (invalid SMILES or symbols outside the vocabulary)",
+                len(out),
+                stripped,
+                self.fragments,
+                flattened,
+                skipped,
+            )
+        return out
 
     def encodable(self, smiles: Sequence[str]) -> np.ndarray:
         """(n,) bool: which molecules to_selfies accepts (valid SMILES, known symbols)."""
@@ -294,20 +346,27 @@ class Decoder:
         return ok
 
     def tokenize(self, smiles: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Tokens and lengths; the width grows past max_len if a molecule needs it."""
-        pairs = [self.to_selfies(s) for s in smiles]
-        selfies = [p[0] for p in pairs]
-        if flattened := sum(p[1] for p in pairs):
-            log.warning(
-                "%d molecule(s) encoded without stereochemistry, which the vocabulary lacks",
-                flattened,
-            )
+        """Tokens and lengths; the width grows past max_len if a molecule needs it. Raises
+        ValueError naming the first molecule that cannot be encoded."""
+        return self._tokens([e.selfies for e in self.prepare(smiles)], smiles)
+
+    def _tokens(self, selfies: list[str], smiles: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         longest = max((len(list(sf.split_selfies(s))) for s in selfies), default=0)
         return self.vocab.encode_batch(selfies, max(self.max_len, longest), smiles)
 
-    def encode(self, smiles: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Posterior means and log-variances, (n, Z) each."""
-        tokens, lengths = self.tokenize(smiles)
+    def _rows(self, smiles: Sequence[str], errors: str):
+        """Encoded rows, the mask of encodable ones, and their tokens and lengths."""
+        smiles = list(smiles)
+        enc = self.prepare(smiles, errors)
+        ok = np.array([e is not None for e in enc], bool)
+        good = [s for s, e in zip(smiles, enc, strict=True) if e is not None]
+        tokens, lengths = self._tokens([e.selfies for e in enc if e is not None], good)
+        return enc, ok, tokens, lengths
+
+    def encode(self, smiles: Sequence[str], errors: str = "raise") -> tuple[np.ndarray, np.ndarray]:
+        """Posterior means and log-variances, (n, Z) each; nan rows where a molecule cannot be
+        encoded and errors="nan" (errors="raise": ValueError naming it)."""
+        _, ok, tokens, lengths = self._rows(smiles, errors)
         mus, lvs = [], []
         for i in range(0, len(tokens), CHUNK):
             t, l_ = tokens[i : i + CHUNK], lengths[i : i + CHUNK]
@@ -317,19 +376,29 @@ class Decoder:
             mu, lv = _encode(self.graphdef, self.params, t, l_)
             mus.append(np.asarray(mu)[:n])
             lvs.append(np.asarray(lv)[:n])
-        if not mus:
-            return np.zeros((0, self.latent_dim), np.float32), np.zeros((0, self.latent_dim))
-        return np.concatenate(mus), np.concatenate(lvs)
+        mu = np.full((len(ok), self.latent_dim), np.nan, np.float32)
+        lv = mu.copy()
+        if mus:
+            mu[ok], lv[ok] = np.concatenate(mus), np.concatenate(lvs)
+        return mu, lv
 
     def log_likelihood(
-        self, smiles: Sequence[str], k: int = 64, seed: int = 0, chunk: int = 64
+        self,
+        smiles: Sequence[str],
+        k: int = 64,
+        seed: int = 0,
+        chunk: int = 64,
+        errors: str = "raise",
     ) -> dict[str, np.ndarray]:
-        """Per molecule: importance-weighted bound on log p(x) (nats), rate KL(q||p) (nats) and
-        distortion E_q[-log p(x|z)] (nats). Low log p(x) flags molecules unlike the training set."""
+        """Per molecule (n,) each: importance-weighted bound on log p(x) (nats), rate KL(q||p)
+        (nats), distortion E_q[-log p(x|z)] (nats), n_symbols (SELFIES symbols + end token: the
+        decoder's predictions), per_symbol (log_likelihood / n_symbols), and what preprocessing
+        changed: stripped (salts/solvents dropped), stereo_dropped. Rows of molecules that cannot
+        be encoded are nan (n_symbols 0) with errors="nan"; errors="raise" raises naming one."""
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        tokens, lengths = self.tokenize(smiles)
-        out: dict[str, list] = {"log_likelihood": [], "rate": [], "distortion": []}
+        enc, ok, tokens, lengths = self._rows(smiles, errors)
+        parts: dict[str, list] = {"log_likelihood": [], "rate": [], "distortion": []}
         key = jax.random.key(seed)
         for c, i in enumerate(range(0, len(tokens), chunk)):
             t, l_ = tokens[i : i + chunk], lengths[i : i + chunk]
@@ -337,9 +406,20 @@ class Decoder:
             t = np.concatenate([t, np.zeros((chunk - n, t.shape[1]), t.dtype)])
             l_ = np.concatenate([l_, np.ones(chunk - n, l_.dtype)])
             res = _iw_terms(self.graphdef, self.params, t, l_, jax.random.fold_in(key, c), k)
-            for name, v in zip(out, res, strict=True):
-                out[name].append(np.asarray(v)[:n])
-        return {name: np.concatenate(v) if v else np.zeros(0) for name, v in out.items()}
+            for name, v in zip(parts, res, strict=True):
+                parts[name].append(np.asarray(v)[:n])
+        out = {}
+        for name, v in parts.items():
+            out[name] = np.full(len(ok), np.nan, np.float32)
+            if v:
+                out[name][ok] = np.concatenate(v)
+        out["n_symbols"] = np.zeros(len(ok), np.int32)
+        out["n_symbols"][ok] = lengths
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out["per_symbol"] = out["log_likelihood"] / np.where(ok, out["n_symbols"], np.nan)
+        out["stripped"] = np.array([e is not None and e.stripped for e in enc], bool)
+        out["stereo_dropped"] = np.array([e is not None and e.flattened for e in enc], bool)
+        return out
 
 
 def _to_smiles(strict: bool):

@@ -309,3 +309,54 @@ def test_transformer_decoder_runs_through_the_continuous_batching_engine(tiny_ru
         np.testing.assert_array_equal(ids[c * C : c * C + len(zc)], np.asarray(full)[: len(zc)])
     lengths = (ids > 0).sum(1)
     assert lengths.min() + sample.SEGMENT < lengths.max()  # rows finish at many steps
+# Salts and mixtures as users have them: each with the molecule training would have kept.
+SALTS = {
+    "CN1CCCC1c1cccnc1.Cl": "CN1CCCC1c1cccnc1",  # a hydrochloride
+    "Cl.CC(=O)Oc1ccccc1C(=O)O": "CC(=O)Oc1ccccc1C(=O)O",
+    "c1ccccc1.O.O": "c1ccccc1",  # a hydrate
+}
+
+
+def test_scoring_preprocesses_salts_as_training_did(model, caplog):
+    from molvae import data
+
+    for salt, parent in SALTS.items():
+        # the same SELFIES as the training data's preprocessing of the same input
+        want = data._preprocess_one((salt, 100, "largest"))[1]
+        assert model._dec.to_selfies(salt).selfies == want
+        assert model._dec.to_selfies(salt).stripped
+        assert model._dec.to_selfies(parent).selfies == want
+    with caplog.at_level("WARNING", logger="molvae.sample"):
+        z = model.encode(list(SALTS))
+    np.testing.assert_allclose(z, model.encode(list(SALTS.values())), atol=1e-6)
+    assert "3 with salts or solvents stripped" in caplog.text
+    d = model.log_likelihood(["CCO", *SALTS], k=4, details=True)
+    assert d["stripped"].tolist() == [False, True, True, True]
+    assert d["stereo_dropped"].tolist() == [False] * 4
+    np.testing.assert_array_equal(
+        d["log_likelihood"][1:], model.log_likelihood(["CCO", *SALTS.values()], k=4)[1:]
+    )
+
+
+def test_scoring_follows_the_runs_fragment_policy(model):
+    from molvae import sample
+
+    reject = sample.Decoder(model.model, model.vocab, model.max_len, fragments="reject")
+    with pytest.raises(ValueError, match=r"'c1ccccc1\.O\.O'.*mixture"):
+        reject.encode(["c1ccccc1.O.O"])
+    mu, _ = reject.encode(["c1ccccc1.O.O", "c1ccccc1"], errors="nan")
+    assert np.isnan(mu).any(1).tolist() == [True, False]
+    with pytest.raises(ValueError, match="fragments"):
+        sample.Decoder(model.model, model.vocab, model.max_len, fragments="smallest")
+
+
+def test_log_likelihood_with_errors_nan_keeps_rows_aligned(model):
+    mols = ["CCO", "not a molecule", "c1ccccc1", "[Xe]"]
+    with pytest.raises(ValueError, match="not a molecule"):
+        model.log_likelihood(mols, k=4)
+    d = model.log_likelihood(mols, k=4, details=True, errors="nan")
+    assert np.isnan(d["log_likelihood"]).tolist() == [False, True, False, True]
+    assert d["n_symbols"].tolist() == [4, 0, 9, 0]  # [C][C][O] + end; benzene: 8 symbols + end
+    good = model.log_likelihood(["CCO", "c1ccccc1"], k=4)
+    np.testing.assert_array_equal(d["log_likelihood"][[0, 2]], good)
+    np.testing.assert_allclose(d["per_symbol"][[0, 2]], good / np.array([4, 9]), rtol=1e-6)
