@@ -9,9 +9,11 @@ import json
 import logging
 import math
 import os
+import pickle
 import shutil
 import time
 import warnings
+import zipfile
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +40,18 @@ _FILTER_DIR = Path(__file__).parent / "assets" / "filters"
 _CHUNK = 50_000  # molecules per process-pool call, so long reference builds log progress
 _BLOCKS = (2048, 8192)  # Tanimoto blocks: sample rows x reference rows, 64 MB of float32
 _SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".smi", ".smi.gz", ".txt", ".txt.gz")
+# MOSES's own statistics of its test splits (molsets 0.3.1, the numbers behind its published
+# tables): wheel member and sha256. Read by _read_shipped, which executes nothing.
+SHIPPED_STATS = {
+    "test": (
+        "moses/dataset/data/test_stats.npz",
+        "ded25073225a895d4ed17bf1d4223d27560e87ff4cb85786346ca1cc8efa03d3",
+    ),
+    "test_scaffolds": (
+        "moses/dataset/data/test_scaffolds_stats.npz",
+        "7b7aba6c1474634a019bebf16f389d554cb9dd1021dfc8c1d1e54430a9f0e7f8",
+    ),
+}
 
 
 # ----------------------------------------------------------------------------- per molecule
@@ -309,8 +323,10 @@ def _read_smiles(path: Path) -> list[str]:
     return [s for s in data.read_smiles_file(path)["smiles"] if s]
 
 
-def _cache_key(files: dict[str, Path]) -> str:
+def _cache_key(files: dict[str, Path], shipped: bool = False) -> str:
     content = {split: fetch.sha256_file(path) for split, path in sorted(files.items())}
+    if shipped:
+        content["shipped"] = sorted(digest for _, digest in SHIPPED_STATS.values())
     blob = json.dumps({"version": STATS_VERSION, "rdkit": rdkit.__version__, "files": content})
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
@@ -357,7 +373,13 @@ def _save(stats: ReferenceStats, folder: Path) -> None:
         counts = {"n": st.n, "frag": st.frag, "scaf": st.scaf}
         (folder / f"{name}.json").write_text(json.dumps(counts))
     if stats.train is not None:
-        np.savez_compressed(folder / "train.npz", smiles=_pack(stats.train))
+        _save_train(stats.train, folder)
+
+
+def _save_train(train: frozenset[str], folder: Path) -> None:
+    tmp = folder / f"train.part-{os.getpid()}.npz"
+    np.savez_compressed(tmp, smiles=_pack(train))
+    tmp.replace(folder / "train.npz")  # atomic: train.npz is whole or absent
 
 
 def _load(folder: Path) -> ReferenceStats:
@@ -379,44 +401,156 @@ def _load(folder: Path) -> ReferenceStats:
     return ReferenceStats(splits, train)
 
 
-def _build(files: dict[str, Path], n_jobs: int | None) -> ReferenceStats:
-    splits = {}
+def _build(
+    files: dict[str, Path], n_jobs: int | None, shipped: bool = False
+) -> tuple[ReferenceStats, dict[str, str]]:
+    splits: dict[str, SplitStats] = {}
+    if shipped:
+        try:
+            splits = shipped_moses_splits()
+            log.info("reference moses: test statistics read from the molsets wheel")
+        except (OSError, ValueError, pickle.UnpicklingError, fetch.DataUnavailableError) as e:
+            log.warning("cannot read MOSES's shipped statistics (%s); computing them", e)
+    origin = {name: "shipped" for name in splits}
     for name in SPLITS[1:]:
+        if name in splits:
+            continue
         if name in files:
             t0 = time.time()
             splits[name] = _split_stats(_read_smiles(files[name]), n_jobs)
+            origin[name] = "computed"
             log.info("reference %s: %d molecules in %.0f s", name, splits[name].n, time.time() - t0)
-    train = canonical_set(_read_smiles(files["train"]), n_jobs) if "train" in files else None
-    return ReferenceStats(splits, train)
+    return ReferenceStats(splits, None), origin
+
+
+# ----------------------------------------------------------------------------- MOSES's statistics
+
+
+def _reconstruct(cls, shape, dtype):  # numpy's pickle entry point, for plain ndarrays only
+    if cls is not np.ndarray:
+        raise pickle.UnpicklingError(f"refusing to build {cls!r}")
+    return np.ndarray.__new__(np.ndarray, shape, dtype)
+
+
+def _latin1(text: str, encoding: str) -> bytes:  # how protocol 2 pickles store raw bytes
+    if encoding != "latin1":
+        raise pickle.UnpicklingError(f"refusing encoding {encoding!r}")
+    return text.encode("latin1")
+
+
+class _DataUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays, dicts, lists, strings, numbers and Counters; any other global
+    (a function, a class, os.system...) is refused before anything runs."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): _latin1,
+        ("collections", "Counter"): Counter,
+    }
+
+    def find_class(self, module: str, name: str):
+        try:
+            return self._ALLOWED[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}") from None
+
+
+def read_pickled_npz(path: Path, member: str = "stats.npy"):
+    """The object stored in a .npz written by np.savez with a pickled object (allow_pickle),
+    read without executing anything: only plain data (see _DataUnpickler) is admitted."""
+    from numpy.lib import format as npformat
+
+    with zipfile.ZipFile(path) as zf, zf.open(member) as f:
+        version = npformat.read_magic(f)
+        read_header = {(1, 0): npformat.read_array_header_1_0}.get(
+            version, npformat.read_array_header_2_0
+        )
+        shape, _, dtype = read_header(f)
+        if dtype != np.dtype(object) or shape != ():
+            raise ValueError(f"{path}: expected one pickled object, found {dtype} {shape}")
+        return _DataUnpickler(f).load().item()
+
+
+def _shipped_split(raw: dict, path: Path) -> SplitStats:
+    """SplitStats from MOSES's compute_intermediate_statistics dict (FCD mu/sigma, SNN
+    fingerprints (n, 1024) uint8, Frag/Scaf Counters, property values)."""
+    try:
+        fps = np.asarray(raw["SNN"]["fps"])
+        mu = np.asarray(raw["FCD"]["mu"], np.float64)
+        sigma = np.asarray(raw["FCD"]["sigma"], np.float64)
+        props = {k: np.asarray(raw[k]["values"], np.float64) for k in PROPERTIES}
+        frag, scaf = raw["Frag"]["frag"], raw["Scaf"]["scaf"]
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path}: not MOSES statistics ({e!r})") from e
+    n = len(fps)
+    if fps.shape != (n, 1024) or mu.shape != (512,) or sigma.shape != (512, 512):
+        raise ValueError(f"{path}: unexpected shapes {fps.shape}, {mu.shape}, {sigma.shape}")
+    if any(len(v) != n for v in props.values()):
+        raise ValueError(f"{path}: property values do not match the {n} fingerprints")
+    return SplitStats(
+        fps=np.packbits(fps.astype(bool), axis=1),  # (n, 128), bit order of chem.morgan_bits
+        frag={str(k): int(v) for k, v in frag.items()},
+        scaf={str(k): int(v) for k, v in scaf.items()},
+        props=props,
+        mu=mu,
+        sigma=sigma,
+        n=n,
+    )
+
+
+def shipped_moses_splits() -> dict[str, SplitStats]:
+    """MOSES's own statistics of its test and scaffold-test sets, from the pinned molsets wheel
+    (each file sha256-checked, read without executing anything). Same definitions as molvae's
+    build and the same ChemNet weights (tests/test_metrics.py checks both)."""
+    out = {}
+    for split, (member, digest) in SHIPPED_STATS.items():
+        path = fetch.wheel_member(fetch.MOLSETS, member)
+        if (got := fetch.sha256_file(path)) != digest:
+            raise fetch.DataUnavailableError(f"{path} has sha256 {got}, expected {digest}")
+        out[split] = _shipped_split(read_pickled_npz(path), path)
+    return out
 
 
 _LOADED: dict[str, ReferenceStats] = {}
 
 
 def reference_stats(
-    reference: str | Path = "moses_sample", n_jobs: int | None = None
+    reference: str | Path = "moses_sample",
+    n_jobs: int | None = None,
+    shipped: bool = True,
+    train: bool = True,
 ) -> ReferenceStats:
     """Statistics of a reference, computed once and cached under cache_dir()/refstats/.
 
     The cache key is the sha256 of the reference files (plus the RDKit and statistics versions),
-    so editing a reference file recomputes them. Full MOSES (2 x 176k test molecules through
-    RDKit and ChemNet, 1.6M training SMILES canonicalized) takes 20-25 minutes on 2 free cores.
+    so editing a reference file recomputes them. For 'moses' the test and scaffold-test
+    statistics are MOSES's own, shipped in the molsets wheel: seconds (shipped=False, or a
+    failure to read them, computes them: 2 x 176k molecules through RDKit and ChemNet, 20-25
+    minutes on 2 free cores). The canonical training set (Novelty) is built on first need:
+    train=False leaves it out (stats.train None) when the caller has its own; for MOSES it is
+    1.6M SMILES to canonicalize, 5-10 minutes on 2 cores.
     """
     files = reference_files(reference)
-    key = _cache_key(files)
-    if key in _LOADED:
+    shipped = shipped and reference == "moses"
+    key = _cache_key(files, shipped)
+    want_train = train and "train" in files
+    if key in _LOADED and (_LOADED[key].train is not None or not want_train):
         return _LOADED[key]
     folder = fetch.cache_dir() / "refstats" / key
     if not (folder / "meta.json").exists():
         log.info("computing reference statistics of %s (once; cached in %s)", reference, folder)
         t0 = time.time()
-        stats = _build(files, n_jobs)
+        stats, origin = _build(files, n_jobs, shipped)
         tmp = folder.with_name(f"{key}.part-{os.getpid()}")
         tmp.mkdir(parents=True)
         _save(stats, tmp)
         meta = {
             "reference": str(reference),
             "files": {k: str(v) for k, v in files.items()},
+            "statistics": origin,  # per test split: "shipped" (MOSES's own) or "computed"
             "seconds": round(time.time() - t0, 1),
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
@@ -426,6 +560,11 @@ def reference_stats(
         except OSError:  # another process finished the same statistics first
             shutil.rmtree(tmp, ignore_errors=True)
         log.info("reference statistics of %s took %.0f s", reference, time.time() - t0)
+    if want_train and not (folder / "train.npz").exists():
+        t0 = time.time()
+        log.info("canonical training set of %s for Novelty (once; cached in %s)", reference, folder)
+        _save_train(canonical_set(_read_smiles(files["train"]), n_jobs), folder)
+        log.info("canonical training set of %s took %.0f s", reference, time.time() - t0)
     _LOADED[key] = _load(folder)
     return _LOADED[key]
 
@@ -487,23 +626,28 @@ def _chemnet_stats(s: _Set) -> tuple[np.ndarray, np.ndarray] | None:
 
 def evaluate(
     smiles: Sequence[str],
-    reference: str | Path = "moses_sample",
+    reference: str | Path | ReferenceStats = "moses_sample",
     n_jobs: int | None = None,
     train_smiles: Sequence[str] | None = None,
     k: Sequence[int] | int = (1000, 10000),
+    train_canonical: bool = False,
 ) -> dict[str, float]:
     """MOSES metrics of generated SMILES, with the names and definitions of moses.get_all_metrics.
 
     reference: 'moses' (full MOSES test, scaffold test and train sets), 'moses_sample' (the
-    bundled sample) or a folder (see reference_files); */TestSF and Novelty are left out when it
-    has no test_scaffolds or train file. train_smiles, if given, replaces its train set for
-    Novelty. Invalid SMILES count against `valid` only; duplicates count in every metric except
-    unique@k and Novelty, as in MOSES. Metrics that cannot be computed are nan.
+    bundled sample), a folder (see reference_files) or ReferenceStats; */TestSF and Novelty are
+    left out when it has no test_scaffolds or train set. train_smiles, if given, replaces its
+    train set for Novelty; train_canonical=True takes them as canonical SMILES already (a run's
+    preprocessed training set) instead of canonicalizing them again (minutes for MOSES's 1.6M).
+    Invalid SMILES count against `valid` only; duplicates count in every metric except unique@k
+    and Novelty, as in MOSES. Metrics that cannot be computed are nan.
     """
     t0 = time.time()
     smiles = list(smiles)
-    ref = reference_stats(reference, n_jobs)
-    train = ref.train if train_smiles is None else canonical_set(list(train_smiles), n_jobs)
+    ref = reference
+    if not isinstance(ref, ReferenceStats):
+        ref = reference_stats(reference, n_jobs, train=train_smiles is None)
+    train = ref.train if train_smiles is None else _train_set(train_smiles, train_canonical, n_jobs)
     with _timed("RDKit descriptors"):
         s = _describe_all(smiles, "sample", n_jobs)
     with _timed("validity, uniqueness, IntDiv, Novelty"):
@@ -523,7 +667,8 @@ def evaluate(
         out[name] = _wasserstein(values, gen_props[name], s.counts)
     if "Novelty" in basic:
         out["Novelty"] = basic["Novelty"]
-    log.info("evaluated %d SMILES against %s in %.0f s", len(smiles), reference, time.time() - t0)
+    name = "given statistics" if isinstance(reference, ReferenceStats) else reference
+    log.info("evaluated %d SMILES against %s in %.0f s", len(smiles), name, time.time() - t0)
     return {key: float(v) for key, v in out.items()}
 
 
@@ -546,14 +691,19 @@ def _wasserstein(ref: np.ndarray, gen: np.ndarray, counts: np.ndarray) -> float:
     return float(wasserstein_distance(ref, gen, v_weights=counts))
 
 
+def _train_set(train_smiles: Sequence[str], canonical: bool, n_jobs: int | None) -> frozenset:
+    return frozenset(train_smiles) if canonical else canonical_set(list(train_smiles), n_jobs)
+
+
 def basic_metrics(
     smiles: Sequence[str],
     train_smiles: Sequence[str] | None = None,
     k: Sequence[int] | int = (1000, 10000),
     n_jobs: int | None = None,
+    train_canonical: bool = False,
 ) -> dict[str, float]:
     """valid, unique@k, IntDiv, IntDiv2 and (if train_smiles is given) Novelty: no reference
     statistics, no ChemNet. Definitions as in evaluate."""
     s = _describe_all(list(smiles), "basic", n_jobs)
-    train = None if train_smiles is None else canonical_set(list(train_smiles), n_jobs)
+    train = None if train_smiles is None else _train_set(train_smiles, train_canonical, n_jobs)
     return {key: float(v) for key, v in _basic(s, k, train).items()}

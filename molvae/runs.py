@@ -167,7 +167,8 @@ def dataset_of_run(run_dir: Path):
 
 
 def train_smiles_of_run(run_dir: Path) -> list[str] | None:
-    """The canonical training SMILES a run was trained on (from the preprocessing cache)."""
+    """The canonical training SMILES a run was trained on (from the preprocessing cache: the
+    output of data.standardize, canonical already)."""
     ds = dataset_of_run(run_dir)
     return None if ds is None else ds.train.smiles
 
@@ -223,9 +224,11 @@ def evaluate_run(
     if metrics == "basic":
         if train is None:
             raise RunFolderError(f"{run_dir}: no data config; use metrics=all with a reference")
-        scores = m.basic_metrics(smiles, train, n_jobs=n_jobs)
+        scores = m.basic_metrics(smiles, train, n_jobs=n_jobs, train_canonical=True)
     elif metrics == "all":
-        scores = m.evaluate(smiles, reference=reference, train_smiles=train, n_jobs=n_jobs)
+        scores = m.evaluate(
+            smiles, reference=reference, train_smiles=train, n_jobs=n_jobs, train_canonical=True
+        )
     else:
         raise ValueError(f"metrics must be 'basic' or 'all', got {metrics!r}")
     write_json_atomic(

@@ -57,6 +57,11 @@ def test_novelty_against_train_in_any_spelling():
     assert (
         out["Novelty"] == 2 / 3
     )  # unique valid molecules: ethanol (in train), ethylamine, benzene
+    # a run's training set is canonical already: taken as it is, not canonicalized again
+    same = metrics.basic_metrics(smiles, train_smiles=["CCO"], k=4, train_canonical=True)
+    assert same["Novelty"] == 2 / 3
+    as_is = metrics.basic_metrics(smiles, train_smiles=["C(C)O"], k=4, train_canonical=True)
+    assert as_is["Novelty"] == 1.0
 
 
 # ----------------------------------------------------------------------------- diversity
@@ -179,6 +184,34 @@ def test_reference_stats_are_cached_without_pickle(tmp_path):
     assert again.train == frozenset(chem.canonical(s) for s in MOLS)
 
 
+def test_training_set_is_canonicalized_only_when_novelty_needs_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("MOLVAE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(metrics, "_LOADED", {})
+    ref = _folder(tmp_path / "ref", test=MOLS[:3], train=MOLS)
+    out = metrics.evaluate(MOLS[:2], reference=ref, train_smiles=["CCO"], k=1)
+    assert out["Novelty"] == 1.0  # against the given training set
+    folder = tmp_path / "cache" / "refstats" / metrics._cache_key(metrics.reference_files(ref))
+    assert (folder / "test.npz").exists() and not (folder / "train.npz").exists()
+    assert metrics.reference_stats(ref, train=False).train is None
+    assert metrics.evaluate(MOLS[:2], reference=ref, k=1)["Novelty"] == 0.0  # now built
+    assert (folder / "train.npz").exists()
+
+
+def test_unreadable_shipped_statistics_fall_back_to_the_build(tmp_path, monkeypatch, caplog):
+    files = metrics.reference_files(_folder(tmp_path / "ref", test=MOLS[:3]))
+
+    def broken():
+        raise metrics.pickle.UnpicklingError("refusing to load os.system")
+
+    monkeypatch.setattr(metrics, "shipped_moses_splits", broken)
+    stats, origin = metrics._build(files, None, shipped=True)
+    assert origin == {"test": "computed"} and stats.splits["test"].n == 3
+    assert "computing them" in caplog.text
+    built = stats.splits["test"]
+    monkeypatch.setattr(metrics, "shipped_moses_splits", lambda: {"test": built})
+    assert metrics._build(files, None, shipped=True)[1] == {"test": "shipped"}
+
+
 # ----------------------------------------------------------------------------- ChemNet, FCD
 
 
@@ -259,3 +292,100 @@ def test_memoized_chemnet_gives_the_same_activations_and_computes_each_smiles_on
     assert calls == [["CCO", "c1ccccc1", "CCN"], ["CCC"]]
     chemnet.chemnet_activations(["CCO"], canonize=False)  # outside the block: computed again
     assert len(calls) == 3
+
+
+# ----------------------------------------------------------------------------- MOSES's statistics
+
+
+class _Evil:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch pwned",))
+
+
+def test_pickled_stats_are_read_without_executing_anything(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    np.savez(tmp_path / "evil.npz", stats=np.array(_Evil(), dtype=object))
+    with pytest.raises(__import__("pickle").UnpicklingError, match="os.system|posix.system"):
+        metrics.read_pickled_npz(tmp_path / "evil.npz")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_shipped_statistics_layout_converts_to_split_stats(tmp_path):
+    """MOSES's compute_intermediate_statistics dict, as molsets pickles it, becomes the
+    SplitStats molvae builds: packed fingerprints in chem.morgan_bits's bit order."""
+    from collections import Counter
+
+    mols = [chem.mol_from_smiles(s) for s in MOLS]
+    fps = np.stack([chem.morgan_bits(m) for m in mols])  # (5, 1024) uint8, as MOSES stores them
+    rng = np.random.default_rng(0)
+    raw = {
+        "FCD": {"mu": rng.normal(size=512).astype(np.float32), "sigma": np.eye(512)},
+        "SNN": {"fps": fps},
+        "Frag": {"frag": Counter({"[4*]CC": 3, "[16*]c1ccccc1": 2})},
+        "Scaf": {"scaf": Counter({"c1ccc2[nH]ccc2c1": 1})},
+        **{k: {"values": [f(m) for m in mols]} for k, f in metrics.PROPERTIES.items()},
+    }
+    np.savez(tmp_path / "stats.npz", stats=np.array(raw, dtype=object))
+    st = metrics._shipped_split(metrics.read_pickled_npz(tmp_path / "stats.npz"), tmp_path)
+    want = np.stack([np.packbits(chem.morgan_bits(m)) for m in mols])
+    np.testing.assert_array_equal(st.fps, want)
+    assert st.frag == {"[4*]CC": 3, "[16*]c1ccccc1": 2} and st.scaf == {"c1ccc2[nH]ccc2c1": 1}
+    assert st.n == 5 and st.mu.dtype == np.float64 and st.sigma.shape == (512, 512)
+    np.testing.assert_allclose(st.props["QED"], [chem.qed(m) for m in mols])
+    raw["SNN"]["fps"] = fps[:3]  # fewer fingerprints than property values
+    np.savez(tmp_path / "bad.npz", stats=np.array(raw, dtype=object))
+    with pytest.raises(ValueError, match="property values"):
+        metrics._shipped_split(metrics.read_pickled_npz(tmp_path / "bad.npz"), tmp_path)
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return metrics.shipped_moses_splits()  # the molsets wheel: fetched once into the cache
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["test_rows_0_999", "mixed_invalid_duplicates"])
+def test_shipped_statistics_give_the_official_values(shipped, name):
+    # Seconds, not the 20-25 minutes of building the statistics. Every metric to 1e-6: the
+    # only difference from MOSES left is the sample side, ChemNet in JAX instead of torch.
+    case = _reference()["sets"][name]
+    ref = metrics.ReferenceStats(shipped, train=None)
+    with pytest.warns(UserWarning) if name.startswith("mixed") else _nothing():
+        out = metrics.evaluate(case["smiles"], reference=ref, k=[1000])
+    want = {k: v for k, v in case["metrics"].items() if k != "Novelty"}
+    assert set(out) == set(want)
+    for key, value in want.items():
+        assert out[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+
+
+@pytest.mark.slow
+def test_shipped_statistics_equal_molvaes_own_build(shipped):
+    """The statistics MOSES ships are what molvae computes from the test file: the same
+    fingerprints and property values molecule by molecule, fragment and scaffold counts that
+    bound those of a subset, and a ChemNet mean that a random subset's activations agree with
+    (so MOSES used the same ChemNet weights as molvae's chemnet.py)."""
+    from molvae import data
+
+    test = shipped["test"]
+    smiles = list(data.read_smiles_file(data.moses_files()["test"])["smiles"])
+    assert len(smiles) == test.n
+    head = metrics._describe_all(smiles[:1000], "reference", n_jobs=None)
+    assert len(head.rows) == 1000  # all valid and distinct: rows follow the file
+    np.testing.assert_array_equal(head.fps, test.fps[:1000])
+    for i, name in enumerate(metrics.PROPERTIES):
+        got = np.array([r.props[i] for r in head.rows])
+        np.testing.assert_allclose(got, test.props[name][:1000], rtol=1e-9, err_msg=name)
+    for field, full in (("frags", test.frag), ("scaffold", test.scaf)):
+        part = metrics._counter(head, field)
+        assert all(full.get(k, 0) >= n for k, n in part.items()), field
+    # ChemNet: the mean activation of 2,000 random test molecules against MOSES's mean. Each
+    # coordinate's z-score is N(0, 1) if both come from the same network: mean square ~ 1.
+    idx = np.random.default_rng(0).choice(test.n, 2000, replace=False)
+    acts = chemnet.chemnet_activations([smiles[i] for i in idx])
+    z = (acts.mean(0) - test.mu) / np.sqrt(np.diag(test.sigma) / len(idx))
+    assert np.mean(z**2) < 1.5, np.mean(z**2)
+    # activations off by 5% of a standard deviation per unit would fail it
+    shifted = acts.mean(0) + 0.05 * np.sqrt(np.diag(test.sigma))
+    assert np.mean(((shifted - test.mu) / np.sqrt(np.diag(test.sigma) / len(idx))) ** 2) > 3.0
