@@ -260,8 +260,8 @@ def test_frechet_distance_closed_form():
     "name", ["test_rows_0_999", "train_every_1500th", "mixed_invalid_duplicates"]
 )
 def test_full_moses_matches_official_values(name):
-    # Needs full MOSES reference statistics: built once into the cache (20-25 min on 2 free cores,
-    # an hour on a busy machine), then read from it in seconds. See metrics.reference_stats.
+    # MOSES's shipped test statistics (seconds) and its training set canonicalized for Novelty
+    # (once into the cache: 5-10 min on 2 cores). See metrics.reference_stats.
     case = _reference()["sets"][name]
     fewer_than_k = name.startswith("mixed")  # 900 valid molecules for unique@1000
     expect = pytest.warns(UserWarning, match="unique@1000") if fewer_than_k else _nothing()
