@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,7 +11,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from molvae import locate, runs, sample
+from molvae import chem, locate, runs, sample
 from molvae.models.vae import VAE, ModelConfig
 from molvae.vocab import Vocab
 
@@ -35,6 +36,8 @@ class MolVAE:
         fragments = self.config.get("data", {}).get("fragments", "largest")
         self._dec = sample.Decoder(model, vocab, max_len, decode_dtype, fragments)
         self.predictor = None  # a latent property predictor saved in the run folder, if any
+        # held-out per-symbol log-likelihood percentiles (likelihood.json), for anomaly_percentile
+        self.calibration: dict | None = None
 
     @property
     def property_names(self) -> tuple[str, ...]:
@@ -147,10 +150,41 @@ class MolVAE:
         Molecules are preprocessed as in `encode`. errors="nan": nan for molecules that cannot
         be encoded (errors="raise": ValueError naming one). With details=True: dict of (n,)
         arrays: log_likelihood, rate (KL, nats), distortion (nats), n_symbols, per_symbol (nats
-        per SELFIES symbol), stripped and stereo_dropped (what preprocessing changed).
+        per SELFIES symbol), stripped and stereo_dropped (what preprocessing changed). For
+        anomaly detection use `anomaly_percentile`: this per-molecule value favours small
+        molecules.
         """
         out = self._dec.log_likelihood(list(smiles), k=k, seed=seed, errors=errors)
         return out if details else out["log_likelihood"]
+
+    def anomaly_percentile(self, smiles: Sequence[str], k: int = 64, seed: int = 0) -> np.ndarray:
+        """The recommended anomaly score: the percentile (0-100) of each molecule's log-likelihood
+        per SELFIES symbol among held-out molecules of the training distribution (the run's
+        likelihood.json). Low means unusual: below 1, fewer than 1% of held-out molecules score
+        as low. 0 for a valid molecule the model cannot read (symbols it never saw); nan for
+        invalid SMILES.
+
+        The per-molecule log_likelihood is no anomaly score on its own: it grows with every
+        symbol, so small molecules (ethanol: -20 nats) outrank typical drug-like ones (-25 to
+        -30). Per symbol, and against the training distribution, they do not.
+        """
+        if self.calibration is None:
+            raise runs.RunFolderError(
+                f"{self.run_dir}: no held-out calibration (the 'per_symbol' entry of "
+                f"{runs.LIKELIHOOD_JSON}); run molvae.runs.test_likelihood(run_dir) first"
+            )
+        if k != self.calibration["k"]:
+            log.warning(
+                "anomaly_percentile with k=%d; the calibration used k=%d (the bound grows with k)",
+                k,
+                self.calibration["k"],
+            )
+        smiles = list(smiles)
+        d = self.log_likelihood(smiles, k=k, seed=seed, details=True, errors="nan")
+        out = runs.percentile_of(d["per_symbol"], self.calibration["quantiles"])
+        unreadable = np.isnan(out) & np.array([chem.is_valid(s) for s in smiles], bool)
+        out[unreadable] = 0.0
+        return out
 
 
 def _restore_params(model: VAE, run_dir: Path, step: int | None = None) -> None:
@@ -192,6 +226,7 @@ def load(run_dir: str | Path, decode_dtype: str | None = None, step: int | None 
         model = build_model(model_cfg)
     _restore_params(model, run_dir, step)
     out = MolVAE(model, vocab, max_len, run_dir, config, decode_dtype)
+    out.calibration = _read_calibration(run_dir / runs.LIKELIHOOD_JSON)
     if (run_dir / f"{runs.PREDICTOR}.json").exists():  # .npz + JSON, checked against each other
         from molvae.optimize.predictor import load_predictor
 
@@ -202,6 +237,21 @@ def load(run_dir: str | Path, decode_dtype: str | None = None, step: int | None 
                 f"does not match the model's {out.latent_dim}"
             )
     return out
+
+
+def _read_calibration(path: Path) -> dict | None:
+    """The per_symbol entry of likelihood.json, if the file has a usable one."""
+    if not path.exists():
+        return None
+    try:
+        cal = json.loads(path.read_text(encoding="utf-8")).get("per_symbol")
+        quantiles = np.asarray(cal["quantiles"], np.float64) if cal else None
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        log.warning("%s: unreadable per_symbol calibration (%s); ignored", path, e)
+        return None
+    if quantiles is None or len(quantiles) < 2 or np.any(np.diff(quantiles) < 0):
+        return None
+    return cal
 
 
 def _is_smiles_list(x) -> bool:

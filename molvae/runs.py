@@ -173,12 +173,38 @@ def train_smiles_of_run(run_dir: Path) -> list[str] | None:
     return None if ds is None else ds.train.smiles
 
 
+def per_symbol_calibration(per_symbol: np.ndarray, k: int, seed: int, molecules: str) -> dict:
+    """What MolVAE.anomaly_percentile compares with: the percentiles 0, 1, ..., 100 of held-out
+    molecules' log-likelihoods per SELFIES symbol (nats), with where they come from."""
+    x = np.asarray(per_symbol, np.float64)
+    x = x[np.isfinite(x)]
+    if not len(x):
+        raise ValueError("no finite per-symbol log-likelihoods to calibrate with")
+    return {
+        "n": int(len(x)),
+        "k": k,
+        "seed": seed,
+        "molecules": molecules,
+        "mean_nats": float(x.mean()),
+        "quantiles": np.round(np.percentile(x, np.arange(101)), 5).tolist(),
+    }
+
+
+def percentile_of(values: np.ndarray, quantiles: list[float]) -> np.ndarray:
+    """Percentile (0-100) of each value among the held-out molecules whose percentiles 0..100
+    are `quantiles`, linear between them; nan stays nan."""
+    values = np.asarray(values, np.float64)
+    out = np.interp(values, np.asarray(quantiles, np.float64), np.arange(len(quantiles)))
+    return np.where(np.isnan(values), np.nan, out)
+
+
 def test_likelihood(
     run_dir: Path, n: int = 2000, k: int = 64, seed: int = 0, model: Any = None
 ) -> dict[str, float]:
     """Held-out compression: the run's first n test molecules scored by the importance-weighted
-    bound (k samples). Writes likelihood.json: mean NLL per molecule in nats and bits, and the
-    ELBO's split into rate (KL(q(z|x) || p(z))) and distortion (E_q[-log p(x|z)])."""
+    bound (k samples). Writes likelihood.json: mean NLL per molecule in nats and bits, the
+    ELBO's split into rate (KL(q(z|x) || p(z))) and distortion (E_q[-log p(x|z)]), and the
+    percentiles of the per-symbol scores ("per_symbol", see MolVAE.anomaly_percentile)."""
     import molvae
 
     run_dir = Path(run_dir)
@@ -206,6 +232,9 @@ def test_likelihood(
         "distortion_bits": dist / ln2,
         "elbo_nats": -(rate + dist),
     }
+    if ok.any():  # held-out per-symbol scores: the calibration of model.anomaly_percentile
+        where = f"the first {len(test)} test molecules of the run's data"
+        scores["per_symbol"] = per_symbol_calibration(out["per_symbol"], k, seed, where)
     write_json_atomic(run_dir / LIKELIHOOD_JSON, scores)
     return scores
 

@@ -147,7 +147,13 @@ def test_test_likelihood_writes_nats_bits_and_the_rate_distortion_split(model, t
     shutil.copytree(tiny_run, run)
     got = runs.test_likelihood(run, n=40, k=8, model=model)
     saved = json.loads((run / runs.LIKELIHOOD_JSON).read_text())
+    cal = saved.pop("per_symbol")
+    assert cal == got.pop("per_symbol")
     assert saved == pytest.approx(got) and got["n"] + got["skipped_out_of_vocabulary"] == 40
+    # the calibration of anomaly_percentile: percentiles 0..100 of the held-out per-symbol scores
+    assert cal["n"] == got["n"] and cal["k"] == 8 and len(cal["quantiles"]) == 101
+    assert cal["quantiles"] == sorted(cal["quantiles"]) and cal["quantiles"][0] < 0
+    assert molvae.load(run).calibration == cal
     # what is skipped: a symbol outside the vocabulary (MOSES has no silicon), invalid SMILES
     mols = ["CCO", "C[C@H](N)O", "C[Si](C)(C)C", "C1CC"]
     assert model._dec.encodable(mols).tolist() == [True, True, False, False]
@@ -360,3 +366,36 @@ def test_log_likelihood_with_errors_nan_keeps_rows_aligned(model):
     good = model.log_likelihood(["CCO", "c1ccccc1"], k=4)
     np.testing.assert_array_equal(d["log_likelihood"][[0, 2]], good)
     np.testing.assert_allclose(d["per_symbol"][[0, 2]], good / np.array([4, 9]), rtol=1e-6)
+
+
+def test_percentile_of_interpolates_between_the_stored_percentiles():
+    q = list(np.linspace(-3.0, -1.0, 101))  # percentile p at -3 + 0.02 p
+    got = runs.percentile_of(np.array([-3.5, -3.0, -2.0, -1.01, 0.0, np.nan]), q)
+    np.testing.assert_allclose(got[:5], [0.0, 0.0, 50.0, 99.5, 100.0])
+    assert np.isnan(got[5])
+
+
+def test_anomaly_percentile_needs_a_calibration(model, tiny_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / runs.LIKELIHOOD_JSON).unlink(missing_ok=True)
+    with pytest.raises(runs.RunFolderError, match="test_likelihood"):
+        molvae.load(run).anomaly_percentile(["CCO"])
+
+
+def test_anomaly_percentile_flags_small_and_foreign_molecules_on_the_shipped_model(pretrained):
+    """The per-molecule log-likelihood ranks ethanol above typical MOSES molecules (it has
+    fewer symbols to pay for); the recommended score, the percentile of the per-symbol score
+    among held-out molecules, puts it below all of them, and so for other foreign chemistry."""
+    from molvae.data import bundled_files, read_smiles_file
+
+    # bundled test molecules after the first 1,000 (those calibrated the shipped model)
+    held_out = list(read_smiles_file(bundled_files()["test"])["smiles"])[1000:1064]
+    odd = ["CCO", "CCCCCCCCCCCCCCCCCCCCCCCC", "N#CC#CC#CC#N", "OOOOO"]
+    ll = pretrained.log_likelihood(held_out + odd, k=64)
+    assert ll[-4] > np.median(ll[:64])  # the trap: ethanol outscores the typical molecule
+    pct = pretrained.anomaly_percentile(held_out + odd + ["C[Hg]C", "C1CC"])
+    assert 25 < np.median(pct[:64]) < 75  # held-out molecules sit mid-distribution
+    assert np.mean(pct[:64] < 1.0) <= 0.05
+    assert (pct[64:68] < 1.0).all(), pct[64:68]  # ethanol, a long alkane, foreign chemistry
+    assert pct[68] == 0.0 and np.isnan(pct[69])  # mercury: unreadable; invalid SMILES: nan
