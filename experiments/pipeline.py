@@ -25,7 +25,7 @@ def main(cfg: DictConfig) -> float:
     start_distributed(cfg)
     data_cfg, model_cfg, train_cfg = configs(cfg)
     import molvae
-    from molvae import report, runs
+    from molvae import report, runs, runtime
     from molvae.train import train_and_evaluate
 
     out, t0 = run_dir(), time.perf_counter()
@@ -40,6 +40,7 @@ def main(cfg: DictConfig) -> float:
             s.n, temperature=s.temperature, seed=s.seed, greedy=s.greedy, strict=s.strict
         )
         samples = runs.write_samples(out, smiles)
+        runtime.release_memory()  # training's high-water mark: not needed from here on
         scores = runs.evaluate_run(
             out, cfg.evaluate.reference, cfg.evaluate.metrics, cfg.evaluate.n_jobs
         )

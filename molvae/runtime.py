@@ -33,6 +33,23 @@ GLIBC_TUNABLES = (
 )
 
 
+def release_memory() -> bool:
+    """Give the heap's free memory back to the system (glibc malloc_trim); True if it did.
+
+    With tune_allocator the heap keeps its high-water mark for the life of the process: the
+    right trade while training, but a short run then holds its training peak through sampling,
+    evaluation and likelihoods. Called between such stages, resident memory falls to what is in
+    use and the next stage grows the heap only as far as it needs. A no-op outside glibc.
+    """
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return False
+    return libc.malloc_trim(0) == 1
+
+
 def tune_allocator() -> bool:
     """Serve large blocks from one never-trimmed glibc heap; True if the settings took effect.
 

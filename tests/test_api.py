@@ -399,3 +399,13 @@ def test_anomaly_percentile_flags_small_and_foreign_molecules_on_the_shipped_mod
     assert np.mean(pct[:64] < 1.0) <= 0.05
     assert (pct[64:68] < 1.0).all(), pct[64:68]  # ethanol, a long alkane, foreign chemistry
     assert pct[68] == 0.0 and np.isnan(pct[69])  # mercury: unreadable; invalid SMILES: nan
+
+
+def test_log_likelihood_does_not_depend_on_the_batching(model):
+    mols = ["CCO", "c1ccccc1", "CC(=O)Oc1ccccc1C(=O)O", "CCN(CC)CC", "O=C(O)c1ccccc1"]
+    whole = model._dec.log_likelihood(mols, k=8, chunk=8)["log_likelihood"]  # one padded call
+    for chunk in (1, 2, 3):
+        got = model._dec.log_likelihood(mols, k=8, chunk=chunk)["log_likelihood"]
+        np.testing.assert_allclose(got, whole, rtol=1e-5)
+    assert model.log_likelihood(mols[:1], k=8)[0] == pytest.approx(whole[0], rel=1e-5)
+    assert model.log_likelihood(mols, k=8, seed=1)[0] != pytest.approx(whole[0], rel=1e-5)

@@ -1,5 +1,10 @@
 """The model's pieces against closed forms and reference computations."""
 
+import os
+import platform
+import subprocess
+import sys
+
 import jax
 import jax.extend.core
 import jax.numpy as jnp
@@ -213,6 +218,29 @@ def test_tune_allocator_is_idempotent_and_can_be_switched_off(monkeypatch):
     monkeypatch.setenv("MOLVAE_TUNE_MALLOC", "0")
     assert rt.tune_allocator() is False
     monkeypatch.setattr(rt, "_done", first)
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc allocator settings")
+def test_release_memory_gives_the_tuned_heaps_high_water_mark_back():
+    """Under tune_allocator a freed 400 MB block stays resident (the heap is never trimmed);
+    release_memory returns it. In a fresh process: the settings must precede any threads."""
+    code = """
+import numpy as np
+from molvae import runtime
+def rss():
+    return int([l for l in open("/proc/self/status") if l.startswith("VmRSS")][0].split()[1]) >> 10
+assert runtime.tune_allocator()
+before = rss()
+block = np.ones(400 << 20, np.uint8); del block
+kept = rss()
+assert runtime.release_memory()
+print(kept - before, rss() - before)
+"""
+    env = dict(os.environ, MOLVAE_TUNE_MALLOC="1")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    kept, released = map(int, out.stdout.split())
+    assert kept > 350 and released < 50, (kept, released)
 
 
 def test_draw_follows_the_softmax_and_never_draws_a_masked_token():
