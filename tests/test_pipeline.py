@@ -149,6 +149,9 @@ def test_single_run_experiments_compose_into_valid_configs(root, name):
     assert train.steps > 0 and model.latent_dim > 0
     if name.startswith("moses"):
         assert data.source == "moses" and cfg.sample.n == 30000 and cfg.evaluate.metrics == "all"
+    if name == "demo":  # the first report a user sees shows FCD, SNN, Frag, Scaf and Filters
+        assert data.source == "moses_sample" and cfg.evaluate.reference == "moses_sample"
+        assert cfg.evaluate.metrics == "all"
 
 
 QUALITY_ARMS = sorted(
