@@ -396,10 +396,11 @@ class Decoder:
         errors: str = "raise",
     ) -> dict[str, np.ndarray]:
         """Per molecule (n,) each: importance-weighted bound on log p(x) (nats), rate KL(q||p)
-        (nats), distortion E_q[-log p(x|z)] (nats), n_symbols (SELFIES symbols + end token: the
-        decoder's predictions), per_symbol (log_likelihood / n_symbols), and what preprocessing
-        changed: stripped (salts/solvents dropped), stereo_dropped. Rows of molecules that cannot
-        be encoded are nan (n_symbols 0) with errors="nan"; errors="raise" raises naming one.
+        (nats), distortion E_q[-log p(x|z)] (nats), n_symbols (the decoder's predictions: SELFIES
+        symbols, or BPE tokens for a run with data.bpe_merges, + end token), per_symbol
+        (log_likelihood / n_symbols), and what preprocessing changed: stripped (salts/solvents
+        dropped), stereo_dropped. Rows of molecules that cannot be encoded are nan (n_symbols 0)
+        with errors="nan"; errors="raise" raises naming one.
         Molecule i draws its k latents with fold_in(key(seed), i) (i counting the encodable
         molecules), whatever `chunk` (molecules per call; default: IW_SEQUENCES // k)."""
         if k < 1:
