@@ -315,6 +315,8 @@ def test_transformer_decoder_runs_through_the_continuous_batching_engine(tiny_ru
         np.testing.assert_array_equal(ids[c * C : c * C + len(zc)], np.asarray(full)[: len(zc)])
     lengths = (ids > 0).sum(1)
     assert lengths.min() + sample.SEGMENT < lengths.max()  # rows finish at many steps
+
+
 # Salts and mixtures as users have them: each with the molecule training would have kept.
 SALTS = {
     "CN1CCCC1c1cccnc1.Cl": "CN1CCCC1c1cccnc1",  # a hydrochloride
