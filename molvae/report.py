@@ -300,8 +300,9 @@ def _likelihood_section(run_dir: Path) -> list[str]:
     lines += [
         f"{like['n']} test molecules, k = {like['k']} importance samples "
         f"({like['skipped_out_of_vocabulary']} skipped: symbols outside the vocabulary). "
-        "`model.log_likelihood(smiles)` gives the per-molecule value: a low one flags a molecule "
-        "unlike the training data.",
+        "`model.log_likelihood(smiles)` gives the per-molecule value; to flag molecules unlike "
+        "the training data use `model.anomaly_percentile(smiles)` (per SELFIES symbol, against "
+        "these held-out molecules): the per-molecule value favours small molecules.",
         "",
     ]
     return lines
