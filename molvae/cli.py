@@ -44,7 +44,9 @@ def cmd_sample(a: argparse.Namespace) -> int:
     from molvae import chem
 
     model = molvae.load(a.run)
-    smiles = model.sample(a.n, temperature=a.temperature, seed=a.seed, greedy=a.greedy)
+    smiles = model.sample(
+        a.n, temperature=a.temperature, seed=a.seed, greedy=a.greedy, strict=a.strict
+    )
     df = pd.DataFrame({"smiles": smiles})
     if a.properties:
         df = pd.concat([df, chem.properties(smiles)], axis=1)
@@ -180,6 +182,11 @@ def parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--seed", type=int, default=0, help=SEED_HELP)
     s.add_argument("--greedy", action="store_true", help="argmax decoding")
+    s.add_argument(
+        "--strict",
+        action="store_true",
+        help="a sample the SELFIES decoder had to repair is invalid ('') instead of kept",
+    )
     s.add_argument("--properties", action="store_true", help="add qed, logp, sa, weight, plogp")
     s.add_argument("-o", "--output", help="CSV file (default: stdout)")
     s.set_defaults(fn=cmd_sample, files=())

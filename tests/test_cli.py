@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import molvae
 from molvae import cli
 from molvae.cli import EXIT_OK, EXIT_USAGE, main
 
@@ -47,7 +48,14 @@ def test_sample_encode_decode_evaluate(tiny_run, tmp_path):
     args = ["evaluate", str(samples), "--smiles-column", "smiles", "--basic", "-o", str(scores)]
     assert main(args) == 0
     m = json.loads(scores.read_text())
-    assert 0 <= m["valid"] <= 1 and "Novelty" in m and np.isfinite(m["IntDiv"])
+    assert m["valid"] == (df["smiles"] != "").mean() and "Novelty" in m and np.isfinite(m["IntDiv"])
+
+    strict = tmp_path / "strict.csv"
+    args = ["sample", str(tiny_run), "-n", "20", "--seed", "3", "--strict", "-o", str(strict)]
+    assert main(args) == EXIT_OK
+    got = pd.read_csv(strict, keep_default_na=False)["smiles"].tolist()
+    assert got == molvae.load(tiny_run).sample(20, seed=3, strict=True)
+    assert all(g in ("", s) for g, s in zip(got, df["smiles"], strict=True))
 
 
 def test_bad_input_exit_codes(tiny_run, tmp_path, capsys):
