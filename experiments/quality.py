@@ -5,7 +5,9 @@ draw the learning curves.
     python experiments/quality.py runs='[outputs/quality/gru256,outputs/quality/gru512x2]'
 
 Writes OUT/quality.csv (one row per run and checkpoint), OUT/quality.md (the last checkpoint of
-each run, and every run at the largest CPU time all runs reached) and OUT/quality_curves.png.
+each run, and every run at the largest CPU time all runs reached), OUT/quality_curves.png,
+OUT/quality_rate_distortion.png and, from each run's metrics.jsonl (free at every validation),
+OUT/quality_validation.{csv,png}.
 """
 
 from pathlib import Path
@@ -53,6 +55,10 @@ def main(cfg: DictConfig) -> None:
     (out / "quality.md").write_text("\n".join(md) + "\n")
     quality.plot_curves(df, out / "quality_curves.png")
     quality.plot_rate_distortion(df, out / "quality_rate_distortion.png")
+    val = quality.validation_table([Path(r) for r in cfg.runs])
+    if len(val):
+        val.to_csv(out / "quality_validation.csv", index=False)
+        quality.plot_validation(val, out / "quality_validation.png")
     log.info("wrote %s", ", ".join(str(out / f) for f in ("quality.csv", "quality.md")))
     log.info("\n%s", last.to_string(index=False))
 

@@ -305,3 +305,39 @@ def plot_rate_distortion(df: pd.DataFrame, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.print_png(str(path))
     return path
+
+
+def validation_table(run_dirs: Sequence[Path]) -> pd.DataFrame:
+    """The validation records of each run's metrics.jsonl (free at every train.eval_every):
+    run, step, cpu_s, mols_seen and the val_* metrics."""
+    rows = []
+    for run in map(Path, run_dirs):
+        path = run / runs.METRICS_JSONL
+        if not path.exists():
+            continue
+        for line in path.read_text().splitlines():
+            rec = json.loads(line)
+            if "val_elbo" in rec and "cpu_s" in rec:
+                rows.append({"run": run.name} | rec)
+    return pd.DataFrame(rows)
+
+
+def plot_validation(df: pd.DataFrame, path: Path) -> Path:
+    """Validation ELBO, KL and greedy reconstruction of held-out molecules against CPU hours."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    panels = ("val_elbo", "val_kl", "val_recon_acc")
+    fig = Figure(figsize=(4 * len(panels), 3.5), layout="constrained")
+    canvas = FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, name in zip(axes, panels, strict=True):
+        for run, g in df.groupby("run"):
+            ax.plot(g["cpu_s"] / 3600, g[name], marker=".", label=run)
+        ax.set_xlabel("CPU hours (process time)")
+        ax.set_ylabel(name + (" (nats)" if name != "val_recon_acc" else ""))
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.print_png(str(path))
+    return path

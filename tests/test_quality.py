@@ -69,4 +69,11 @@ def test_table_markdown_and_curves(scored, tmp_path):
         png = plot(df, tmp_path / f"{plot.__name__}.png")
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     pd.testing.assert_frame_equal(df, quality.table([*recs, fixed]))
+    run = scored[0]
+    val = quality.validation_table([run, tmp_path / "not_a_run"])
+    logged = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert val["step"].tolist() == [r["step"] for r in logged if "val_elbo" in r] == [30]
+    assert 0 < val["cpu_s"].iloc[0] <= recs[0]["cpu_s"]  # the checkpoint follows validation
+    png = quality.plot_validation(val, tmp_path / "val.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"
     json.dumps(recs)  # the records are plain JSON
