@@ -112,7 +112,7 @@ def score_model(
 
 
 def held_out_molecules(n: int, seed: int = 0) -> list[str]:
-    """n MOSES test molecules (seeded; disjoint from nothing the model trained on)."""
+    """n molecules drawn (seeded) from the MOSES test split, which no arm trains on."""
     smiles = data.read_smiles_file(data.moses_files()["test"])["smiles"]
     smiles = smiles[smiles != ""].to_numpy()
     rng = np.random.default_rng(seed + 1)
