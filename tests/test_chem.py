@@ -67,22 +67,26 @@ def test_selfies_round_trip_and_parallel_map_matches_serial():
     assert chem.selfies_to_smiles("") == ""
 
 
-def test_process_pool_works_from_a_script_without_a_main_guard(tmp_path):
-    """Spawned workers must not re-run the caller's script (no `if __name__ == "__main__"`)."""
+def _run_script(path, text: str):
+    """Run `text` as a Python script at `path` in a fresh interpreter; it must exit 0."""
     import subprocess
     import sys
 
-    script = tmp_path / "unguarded.py"
-    script.write_text(
+    path.write_text(text)
+    proc = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
+def test_process_pool_works_from_a_script_without_a_main_guard(tmp_path):
+    """Spawned workers must not re-run the caller's script (no `if __name__ == "__main__"`)."""
+    proc = _run_script(
+        tmp_path / "unguarded.py",
         "print('top-level', flush=True)\n"
         "from molvae import chem\n"
         "out = chem.parallel_map(chem.canonical, ['OCC', 'c1ccccc1'] * 2500, n_jobs=2)\n"
-        "print(len(out), out[0], out[1], flush=True)\n"
+        "print(len(out), out[0], out[1], flush=True)\n",
     )
-    proc = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split("\n").count("top-level") == 1
     assert "5000 CCO c1ccccc1" in proc.stdout
 
@@ -90,11 +94,8 @@ def test_process_pool_works_from_a_script_without_a_main_guard(tmp_path):
 def test_process_pool_works_inside_joblib_workers_and_lets_them_exit(tmp_path):
     """A Hydra joblib sweep runs each job in a loky worker: the pool started there used to break
     ("cannot find context for 'loky'"), and once fixed, the worker's exit waited on the pool."""
-    import subprocess
-    import sys
-
-    script = tmp_path / "jobs.py"
-    script.write_text(
+    proc = _run_script(
+        tmp_path / "jobs.py",
         "import multiprocessing as mp\n"
         "from joblib import Parallel, delayed\n"
         "def job(i):\n"
@@ -110,12 +111,8 @@ def test_process_pool_works_inside_joblib_workers_and_lets_them_exit(tmp_path):
         "    p.start()\n"
         "    print(q.get(timeout=120))\n"
         "    p.join(timeout=60)\n"
-        "    print('exitcode', p.exitcode, flush=True)\n"
+        "    print('exitcode', p.exitcode, flush=True)\n",
     )
-    proc = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.splitlines() == ["['CCO', 'c1ccccc1']", "5000", "exitcode 0"]
 
 
