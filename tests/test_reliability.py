@@ -107,7 +107,7 @@ def _steps(run: Path) -> list[int]:
 
 
 def _records(run: Path) -> list[dict]:
-    drop = ("mol_per_s", "time")  # wall-clock values differ between runs
+    drop = ("mol_per_s", "time", "cpu_s")  # clock values differ between runs
     lines = (run / runs.METRICS_JSONL).read_text().splitlines()
     return [{k: v for k, v in json.loads(x).items() if k not in drop} for x in lines]
 
@@ -147,6 +147,8 @@ def test_sigkill_mid_run_resumes_to_the_uninterrupted_parameters(root, tmp_path)
     assert a.keys() == b.keys() and a
     for name in a:
         np.testing.assert_array_equal(b[name], a[name], err_msg=name)
+    cpu = [json.loads(x)["cpu_s"] for x in (killed / runs.METRICS_JSONL).read_text().splitlines()]
+    assert all(b > a for a, b in zip(cpu, cpu[1:])), cpu  # summed over the resume, not reset
     recs = _records(killed)
     assert [r["step"] for r in recs] == list(range(EVERY, STEPS + 1, EVERY))  # once each
     assert recs == _records(full)
