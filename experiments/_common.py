@@ -14,8 +14,8 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from molvae import locate
 from molvae.runtime import tune_allocator
+from molvae.store import locate
 
 tune_allocator()  # before JAX starts its threads: XLA's step buffers stay mapped (see runtime.py)
 
@@ -104,7 +104,7 @@ def configs(cfg: DictConfig):
     """DataConfig, ModelConfig, TrainConfig from the composed config (validated before any work)."""
     from molvae.data import DataConfig
     from molvae.models.vae import ModelConfig
-    from molvae.train import TrainConfig
+    from molvae.training import TrainConfig
 
     data = OmegaConf.to_container(cfg.data, resolve=True)
     data.pop("reference", None)

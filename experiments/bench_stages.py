@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 
+from molvae import runtime
 from molvae.runtime import tune_allocator
 
 TUNED_ALLOCATOR = tune_allocator()  # as the experiment scripts do, before JAX starts
@@ -78,7 +79,7 @@ def train(
 
     from molvae.data import DataConfig, load_dataset
     from molvae.models.vae import VAE, ModelConfig
-    from molvae.train import Batches, TrainConfig, make_train_step, make_tx
+    from molvae.training import Batches, TrainConfig, make_train_step, make_tx
     from molvae.vocab import Vocab
 
     ds = load_dataset(DataConfig())
@@ -104,9 +105,9 @@ def train(
         seen.add(t.shape[1])
         i += 1
     jax.block_until_ready(aux)
-    compiled = step_fn._cache_size()
     # The host's speed drifts (shared cores): measure the peak again next to the timed windows.
     peak = matmul(reps=10)
+    traced = runtime.traces()  # only the train step runs from here on
     rates, tok_rates = [], []
     for _ in range(windows):  # the median window: one window's figure moves by ~20% on 2 cores
         n_tok = n_mol = 0
@@ -132,8 +133,8 @@ def train(
         "params": n_params,
         "batch": batch_size,
         "dtype": cfg.dtype,
-        "compiled_shapes": compiled,
-        "recompiles_after_warmup": step_fn._cache_size() - compiled,
+        "compiled_shapes": len(widths),
+        "recompiles_after_warmup": runtime.traces() - traced,
         "padding_fraction": 1 - float(np.mean(lengths)) / (tok_rates[mid] / rates[mid]),
         **{f"{k}_here": v for k, v in peak.items()},
     }
@@ -161,7 +162,7 @@ def sample(run_dir: str, n: int = 4096, reps: int = 3) -> dict:
     from molvae import chem
 
     model = molvae.load(run_dir)
-    dec = model._dec
+    dec = model.engine
     z = np.random.default_rng(0).normal(size=(n, model.latent_dim)).astype(np.float32)
     dec.warm_up(greedy=False)  # compile every packed batch size
 
@@ -189,8 +190,8 @@ def sample(run_dir: str, n: int = 4096, reps: int = 3) -> dict:
     }
     # The same with bfloat16 matmul operands in the decoder (molvae.load(..., decode_dtype)).
     bf16 = molvae.load(run_dir, decode_dtype="bfloat16")
-    bf16._dec.warm_up(greedy=False)
-    _, t_decode = timed(lambda: bf16._dec.decode_ids(z, seed=1, greedy=False))
+    bf16.engine.warm_up(greedy=False)
+    _, t_decode = timed(lambda: bf16.engine.decode_ids(z, seed=1, greedy=False))
     out, t_e2e = timed(lambda: bf16.sample(n, seed=2))
     res["sample_decode_mol_per_s_bf16"] = n / t_decode
     res["sample_end_to_end_mol_per_s_bf16"] = sum(bool(s) for s in out) / t_e2e
@@ -209,11 +210,9 @@ def preprocess(n: int = 100_000) -> dict:
 
     path = data.moses_files()["train"]
     smiles = pd.read_csv(path, nrows=n)["SMILES"].tolist()
-    from molvae import chem
 
     t0 = time.perf_counter()
-    jobs = [(s, 72, "largest") for s in smiles]
-    chem.parallel_map(data._preprocess_one, jobs)  # load_dataset's worker
+    data.preprocess(smiles, 72, "largest")  # what load_dataset runs
     dt = time.perf_counter() - t0
     return {"preprocess_mol_per_s": n / dt, "preprocess_n": n}
 
@@ -221,7 +220,7 @@ def preprocess(n: int = 100_000) -> dict:
 def evaluate(run_dir: str, n: int = 30_000, reference: str = "moses") -> dict:
     """Wall time of the full MOSES metric suite on n samples (reference statistics cached)."""
     import molvae
-    from molvae import metrics
+    from molvae.evaluation import metrics
 
     smiles = molvae.load(run_dir).sample(n, seed=0)
     metrics.reference_stats(reference)  # build or load the cache outside the timing

@@ -156,7 +156,9 @@ def _final_metrics(job: Path) -> dict[str, Any]:
     if eval_path.exists():
         scores = json.loads(eval_path.read_text(encoding="utf-8"))
         out.update({k: v for k, v in scores.items() if isinstance(v, (int, float))})
-    like_path = job / LIKELIHOOD_JSON  # held-out IW bound of pipeline runs (runs.test_likelihood)
+    like_path = (
+        job / LIKELIHOOD_JSON
+    )  # held-out IW bound of pipeline runs (run_eval.test_likelihood)
     if like_path.exists():
         like = json.loads(like_path.read_text(encoding="utf-8"))
         out.update({f"test_{k}": like[k] for k in LIKELIHOOD_KEYS if k in like})

@@ -12,12 +12,14 @@ import hydra
 from _common import log, log_errors, quiet_libraries, run_dir
 from omegaconf import DictConfig, OmegaConf
 
+from molvae.store import folder
+
 OBJECTIVE_KEYS = ("name", "target", "width", "terms", "constraints", "penalty")
 
 
 def objective_of(node: DictConfig) -> Any:
     """The Objective named by the `objective` config group (errors name the key)."""
-    from molvae.optimize import ObjectiveError, make_objective
+    from molvae.design import ObjectiveError, make_objective
 
     spec: dict[str, Any] = OmegaConf.to_container(node, resolve=True)
     unknown = sorted(set(spec) - set(OBJECTIVE_KEYS))
@@ -31,46 +33,21 @@ def objective_of(node: DictConfig) -> Any:
         raise ValueError(str(e)) from None
 
 
-def method_options(node: DictConfig) -> tuple[str, int, dict[str, Any]]:
-    """method, budget and the validated settings of `optimize` (errors name the key)."""
-    from molvae.optimize import method_config
+def method_options(node: DictConfig) -> tuple[str, int, Any]:
+    """method, budget and the validated settings dataclass of `optimize` (errors name the key);
+    the constrained task has no budget (0)."""
+    from molvae.design import METHODS, method_config
 
     opts: dict[str, Any] = OmegaConf.to_container(node, resolve=True)
     method, budget = opts.pop("method", None), opts.pop("budget", None)
-    if method == "constrained":
-        return method, 0, _check_constrained(opts)
-    if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
+    searches = method in METHODS and METHODS[method].search
+    if searches and (not isinstance(budget, int) or isinstance(budget, bool) or budget < 1):
         raise ValueError(f"optimize.budget must be a positive integer, got {budget!r}")
     try:
-        method_config(method, **opts)
+        cfg = method_config(method, **opts)
     except (TypeError, ValueError) as e:
         raise ValueError(f"optimize (method={method}): {e}") from None
-    return method, budget, opts
-
-
-CONSTRAINED_KEYS = ("n_molecules", "prop", "deltas", "steps", "lr", "snapshots")
-
-
-def _check_constrained(opts: dict[str, Any]) -> dict[str, Any]:
-    from molvae.chem import PROPERTIES
-
-    unknown = sorted(set(opts) - set(CONSTRAINED_KEYS))
-    if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in 'optimize'; known: {list(CONSTRAINED_KEYS)}")
-    for key in ("n_molecules", "steps", "snapshots"):
-        if not isinstance(opts.get(key), int) or opts[key] < 1:
-            raise ValueError(f"optimize.{key} must be a positive integer, got {opts.get(key)!r}")
-    if not isinstance(opts.get("lr"), int | float) or not opts["lr"] > 0:
-        raise ValueError(f"optimize.lr must be positive, got {opts.get('lr')!r}")
-    if not opts.get("deltas") or not all(0 <= d <= 1 for d in opts["deltas"]):
-        raise ValueError(
-            f"optimize.deltas must be similarities in [0, 1], got {opts.get('deltas')}"
-        )
-    if opts.get("prop") not in PROPERTIES:
-        raise ValueError(
-            f"optimize.prop must be one of {sorted(PROPERTIES)}, got {opts.get('prop')!r}"
-        )
-    return opts
+    return method, budget if searches else 0, cfg
 
 
 def make_wandb(cfg: DictConfig, out: Path, name: str) -> Any:
@@ -116,48 +93,50 @@ def flat_summary(summary: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def run_search(
-    cfg: DictConfig, model, obj, method: str, budget: int, opts: dict, out: Path, logger: Any = None
+    cfg: DictConfig, model, obj, method: str, budget: int, settings, out: Path, logger: Any = None
 ) -> dict[str, Any]:
+    import dataclasses
+
     import molvae
-    from molvae.optimize import report
+    from molvae.design import plots as report
 
     result = molvae.optimize(
         model, obj, method=method, budget=budget, seed=cfg.seed,
-        history_path=out / "oracle_calls.csv", progress=cfg.progress, **opts,
+        history_path=out / "oracle_calls.csv", progress=cfg.progress,
+        **dataclasses.asdict(settings),
     )  # fmt: skip
     history = result.history
     if len(history):
         from molvae import chem
-        from molvae.optimize.core import PROPERTY_COLUMNS
+        from molvae.chem import TABLE_PROPERTIES as PROPERTY_COLUMNS
 
         props = chem.properties(list(history["smiles"]), PROPERTY_COLUMNS)
         history = history.join(props)
     history.to_csv(out / "history.csv", index=False)
     top = result.top(cfg.top_k)
     top.to_csv(out / "top.csv", index=False)
-    report.plot_curve(result.history, out / "curve.png", f"{obj.name} / {method}")
+    title = f"{obj.name} / {method}" + (f" (score = -{obj.name})" if obj.sign < 0 else "")
+    report.plot_curve(result.history, out / "curve.png", title)
     report.plot_grid(top.head(cfg.grid), out / "top.png")
     if logger is not None:
         log_search(logger, result, top, out)
     return result.summary()
 
 
-def run_constrained(cfg: DictConfig, model, obj, opts: dict, out: Path) -> dict:
-    from molvae.optimize import constrained_optimize, lowest
+def run_constrained(cfg: DictConfig, model, obj, settings, out: Path) -> dict:
+    from molvae.design import constrained_optimize, lowest
 
-    starts = lowest(_test_smiles(model), opts["n_molecules"], opts["prop"])
+    starts = lowest(_test_smiles(model), settings.n_molecules, settings.prop)
     table, summary = constrained_optimize(
-        model, starts, obj, deltas=tuple(opts["deltas"]), steps=opts["steps"], lr=opts["lr"],
-        snapshots=opts["snapshots"], progress=cfg.progress,
-    )  # fmt: skip
+        model, starts, settings, objective=obj, progress=cfg.progress
+    )
     table.to_csv(out / "constrained.csv", index=False)
     return summary
 
 
 def _test_smiles(model) -> list[str]:
-    from molvae import runs
 
-    ds = runs.dataset_of_run(Path(model.run_dir))
+    ds = folder.dataset_of_run(Path(model.run_dir))
     if ds is None:
         raise ValueError(f"{model.run_dir}: no data config in run.json; no test molecules")
     return ds.test.smiles
@@ -167,10 +146,10 @@ def _test_smiles(model) -> list[str]:
 @log_errors
 def main(cfg: DictConfig) -> float:
     quiet_libraries()
-    from molvae import locate, runs
+    from molvae.store import locate
 
     obj = objective_of(cfg.objective)  # every setting is checked before any work starts
-    method, budget, opts = method_options(cfg.optimize)
+    method, budget, settings = method_options(cfg.optimize)
     if cfg.logger.name not in ("none", "wandb"):
         raise ValueError(f"logger.name must be none or wandb, got {cfg.logger.name!r}")
     locate.run_folder(cfg.run_dir)  # a run folder or pretrained:NAME (as hydra.run.dir checks)
@@ -181,15 +160,15 @@ def main(cfg: DictConfig) -> float:
     logger = make_wandb(cfg, out, f"{obj.name}-{method}-{cfg.seed}")
     try:
         if method == "constrained":
-            summary = run_constrained(cfg, model, obj, opts, out)
+            summary = run_constrained(cfg, model, obj, settings, out)
         else:
-            summary = run_search(cfg, model, obj, method, budget, opts, out, logger)
+            summary = run_search(cfg, model, obj, method, budget, settings, out, logger)
         if logger is not None:
             logger.log_summary(flat_summary(summary))
     finally:
         if logger is not None:
             logger.finish()
-    runs.write_json_atomic(out / "summary.json", summary)
+    folder.write_json_atomic(out / "summary.json", summary)
     log.info("summary: %s", {k: v for k, v in summary.items() if k != "config"})
     log.info("outputs in %s", out)
     return float(summary.get("auc_top10", float("nan")))

@@ -17,6 +17,9 @@ from _common import (
 )
 from omegaconf import DictConfig, OmegaConf
 
+from molvae.evaluation import run as run_eval
+from molvae.store import folder
+
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 @log_errors
@@ -25,8 +28,9 @@ def main(cfg: DictConfig) -> float:
     start_distributed(cfg)
     data_cfg, model_cfg, train_cfg = configs(cfg)
     import molvae
-    from molvae import report, runs, runtime
-    from molvae.train import train_and_evaluate
+    from molvae import runtime
+    from molvae.evaluation import report
+    from molvae.training import train_and_evaluate
 
     out, t0 = run_dir(), time.perf_counter()
     logger = make_logger(cfg, out)
@@ -39,12 +43,12 @@ def main(cfg: DictConfig) -> float:
         smiles = model.sample(
             s.n, temperature=s.temperature, seed=s.seed, greedy=s.greedy, strict=s.strict
         )
-        samples = runs.write_samples(out, smiles)
+        samples = folder.write_samples(out, smiles)
         runtime.release_memory()  # training's high-water mark: not needed from here on
-        scores = runs.evaluate_run(
+        scores = run_eval.evaluate_run(
             out, cfg.evaluate.reference, cfg.evaluate.metrics, cfg.evaluate.n_jobs
         )
-        like = runs.test_likelihood(out, n=cfg.evaluate.likelihood_n, model=model)
+        like = run_eval.test_likelihood(out, n=cfg.evaluate.likelihood_n, model=model)
         scores |= {k: like[k] for k in ("nll_nats", "nll_bits", "rate_bits", "distortion_bits")}
         logger.log({"step": result.step, **{f"eval/{k}": v for k, v in scores.items()}})
         report.write_report(out)

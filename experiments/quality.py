@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 @hydra.main(version_base="1.3", config_path="../conf", config_name="quality")
 def main(cfg: DictConfig) -> None:
     quiet_libraries()
-    from molvae import quality
+    from molvae.evaluation import quality
 
     if not cfg.runs and not cfg.models:
         raise SystemExit("give the run folders: runs='[outputs/quality/gru256,...]'")

@@ -7,22 +7,24 @@ import hydra
 from _common import log, log_errors, quiet_libraries, run_dir
 from omegaconf import DictConfig
 
+from molvae.store import folder, names
+
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="sample")
 @log_errors
 def main(cfg: DictConfig) -> None:
     quiet_libraries()
     import molvae
-    from molvae import locate, runs
+    from molvae.store import locate
 
     out = locate.working_folder(cfg.run_dir, run_dir())  # a shipped model: a copy in run_dir()
     model = molvae.load(out, decode_dtype=cfg.decode_dtype)
     smiles = model.sample(
         cfg.n, temperature=cfg.temperature, seed=cfg.seed, greedy=cfg.greedy, strict=cfg.strict
     )
-    df = runs.write_samples(out, smiles)
+    df = folder.write_samples(out, smiles)
     log.info(
-        "%d samples, %.1f%% valid -> %s", len(df), 100 * df["valid"].mean(), out / runs.SAMPLES_CSV
+        "%d samples, %.1f%% valid -> %s", len(df), 100 * df["valid"].mean(), out / names.SAMPLES_CSV
     )
 
 

@@ -24,7 +24,7 @@ def main(cfg: DictConfig) -> float:
     quiet_libraries()
     start_distributed(cfg)
     data_cfg, model_cfg, train_cfg = configs(cfg)
-    from molvae.train import train_and_evaluate
+    from molvae.training import train_and_evaluate
 
     out = run_dir()
     logger = make_logger(cfg, out)

@@ -14,11 +14,11 @@ def __getattr__(name: str):
 
         return load
     if name == "evaluate":
-        from molvae.metrics import evaluate
+        from molvae.evaluation.metrics import evaluate
 
         return evaluate
     if name == "optimize":
-        from molvae.optimize import optimize
+        from molvae.design.optimize import optimize
 
         return optimize
     raise AttributeError(f"module 'molvae' has no attribute {name!r}")

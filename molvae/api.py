@@ -8,11 +8,20 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import orbax.checkpoint as ocp
+import pandas as pd
 from flax import nnx
 
-from molvae import chem, locate, runs, sample
+from molvae import chem
+from molvae.inference import latent
+from molvae.inference.calibration import percentile_of
+from molvae.inference.codec import LatentCodec
+from molvae.inference.engine import DecodingEngine
 from molvae.models.vae import VAE, ModelConfig
+from molvae.store import locate
+from molvae.store.checkpoints import restore_model
+from molvae.store.folder import read_run_info
+from molvae.store.names import LIKELIHOOD_JSON, PARAMS_NPZ, PREDICTOR, RunFolderError
+from molvae.store.params import load_npz, load_predictor
 from molvae.vocab import Vocab
 
 log = logging.getLogger(__name__)
@@ -34,7 +43,8 @@ class MolVAE:
         self.model, self.vocab, self.max_len = model, vocab, max_len
         self.run_dir, self.config = run_dir, config or {}
         fragments = self.config.get("data", {}).get("fragments", "largest")
-        self._dec = sample.Decoder(model, vocab, max_len, decode_dtype, fragments)
+        self.codec = LatentCodec(model, vocab, max_len, fragments)  # SMILES -> latents, scores
+        self.engine = DecodingEngine(model, vocab, max_len, decode_dtype)  # latents -> SMILES
         self.predictor = None  # a latent property predictor saved in the run folder, if any
         # held-out per-symbol log-likelihood percentiles (likelihood.json), for anomaly_percentile
         self.calibration: dict | None = None
@@ -47,12 +57,10 @@ class MolVAE:
     def predict(self, smiles_or_z, return_std: bool = False):
         """Predicted properties from the attached predictor, a DataFrame (one column per target)
         for a list of SMILES (rows of invalid ones are nan) or for latents z (n, latent_dim)."""
-        import pandas as pd
-
         if self.predictor is None:
             raise ValueError(
                 "this model has no property predictor: train one with "
-                "molvae.optimize.fit_run_predictor or train with train.property_weight > 0"
+                "molvae.design.fit_run_predictor or train with train.property_weight > 0"
             )
         z = np.asarray(smiles_or_z) if not _is_smiles_list(smiles_or_z) else None
         if z is None:
@@ -65,6 +73,11 @@ class MolVAE:
             mean[ok], std[ok] = np.asarray(m), np.asarray(s)
         out = pd.DataFrame(mean, columns=list(self.property_names))
         return (out, pd.DataFrame(std, columns=list(self.property_names))) if return_std else out
+
+    def encodable(self, smiles: Sequence[str]) -> np.ndarray:
+        """(n,) bool: which molecules `encode` accepts (valid SMILES, after the training data's
+        preprocessing, with every SELFIES symbol in the vocabulary)."""
+        return self.codec.encodable(list(smiles))
 
     @property
     def latent_dim(self) -> int:
@@ -85,7 +98,7 @@ class MolVAE:
         errors="raise": ValueError naming the molecule for invalid SMILES or unknown SELFIES
         symbols. errors="nan": such rows are nan (count them with np.isnan(z).any(1)).
         """
-        mu, logvar = self._dec.encode(list(smiles), errors=errors)
+        mu, logvar = self.codec.encode(list(smiles), errors=errors)
         return (mu, logvar) if return_logvar else mu
 
     def decode(
@@ -101,7 +114,7 @@ class MolVAE:
         strict: also '' where the SELFIES decoder had to repair the sampled string (a bond
         order cut, a ring or branch dropped, symbols ignored): the SELFIES analogue of an
         invalid SMILES, so that `valid` means what it means for a SMILES model."""
-        return self._dec.decode(np.asarray(z), seed, temperature, greedy, strict)
+        return self.engine.decode(np.asarray(z), seed, temperature, greedy, strict)
 
     def sample(
         self,
@@ -117,7 +130,7 @@ class MolVAE:
         repaired sample is '' (invalid), never resampled."""
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
-        z = sample.prior(n, self.latent_dim, seed, scale)
+        z = latent.prior(n, self.latent_dim, seed, scale)
         return self.decode(z, greedy=greedy, temperature=temperature, seed=seed + 1, strict=strict)
 
     def reconstruct(self, smiles: Sequence[str], greedy: bool = True, seed: int = 0) -> list[str]:
@@ -127,7 +140,7 @@ class MolVAE:
     def interpolate(self, a: str, b: str, steps: int = 8, method: str = "slerp") -> list[str]:
         """Molecules along the path from a's latent to b's (endpoints included)."""
         za, zb = self.encode([a, b])
-        path = {"slerp": sample.slerp, "linear": sample.lerp}.get(method)
+        path = {"slerp": latent.slerp, "linear": latent.lerp}.get(method)
         if path is None:
             raise ValueError(f"method must be 'slerp' or 'linear', got {method!r}")
         return self.decode(path(za, zb, steps))
@@ -135,7 +148,7 @@ class MolVAE:
     def neighbours(self, smiles: str, n: int = 16, scale: float = 0.5, seed: int = 0) -> list[str]:
         """n molecules decoded from z(smiles) + scale * N(0, I)."""
         z = self.encode([smiles])[0]
-        return self.decode(sample.neighbourhood(z, n, scale, seed))
+        return self.decode(latent.neighbourhood(z, n, scale, seed))
 
     def log_likelihood(
         self,
@@ -154,7 +167,7 @@ class MolVAE:
         anomaly detection use `anomaly_percentile`: this per-molecule value favours small
         molecules.
         """
-        out = self._dec.log_likelihood(list(smiles), k=k, seed=seed, errors=errors)
+        out = self.codec.log_likelihood(list(smiles), k=k, seed=seed, errors=errors)
         return out if details else out["log_likelihood"]
 
     def anomaly_percentile(self, smiles: Sequence[str], k: int = 64, seed: int = 0) -> np.ndarray:
@@ -169,9 +182,9 @@ class MolVAE:
         -30). Per symbol, and against the training distribution, they do not.
         """
         if self.calibration is None:
-            raise runs.RunFolderError(
+            raise RunFolderError(
                 f"{self.run_dir}: no held-out calibration (the 'per_symbol' entry of "
-                f"{runs.LIKELIHOOD_JSON}); run molvae.runs.test_likelihood(run_dir) first"
+                f"{LIKELIHOOD_JSON}); run molvae.evaluation.run.test_likelihood(run_dir) first"
             )
         if k != self.calibration["k"]:
             log.warning(
@@ -181,30 +194,17 @@ class MolVAE:
             )
         smiles = list(smiles)
         d = self.log_likelihood(smiles, k=k, seed=seed, details=True, errors="nan")
-        out = runs.percentile_of(d["per_symbol"], self.calibration["quantiles"])
+        out = percentile_of(d["per_symbol"], self.calibration["quantiles"])
         unreadable = np.isnan(out) & np.array([chem.is_valid(s) for s in smiles], bool)
         out[unreadable] = 0.0
         return out
 
 
 def _restore_params(model: VAE, run_dir: Path, step: int | None = None) -> None:
-    if step is None and (run_dir / runs.PARAMS_NPZ).exists():
-        runs.import_params(model, run_dir / runs.PARAMS_NPZ)
+    if step is None and (run_dir / PARAMS_NPZ).exists():
+        load_npz(model, run_dir / PARAMS_NPZ)
         return
-    ckpt = (run_dir / runs.CHECKPOINTS).absolute()
-    from molvae.train import restore_into, warn_partial_checkpoints  # only to read a checkpoint
-
-    warn_partial_checkpoints(ckpt)
-    mngr = ocp.CheckpointManager(ckpt, options=ocp.CheckpointManagerOptions(create=False))
-    steps = mngr.all_steps() if ckpt.exists() else []
-    if step is not None and step not in steps:
-        raise runs.RunFolderError(f"{run_dir}: no checkpoint at step {step}; have {sorted(steps)}")
-    step = max(steps, default=None) if step is None else step
-    if step is None:
-        raise runs.RunFolderError(f"{run_dir}: no {runs.PARAMS_NPZ} and no checkpoint in {ckpt}")
-    state = nnx.state(model)
-    restore_into(mngr, step, state, with_opt=False)
-    nnx.update(model, state)  # nnx.state is a copy: write the restored values back
+    step = restore_model(model, run_dir, step)
     log.info("loaded %s at step %d", run_dir, step)
 
 
@@ -219,21 +219,19 @@ def load(run_dir: str | Path, decode_dtype: str | None = None, step: int | None 
     final parameters (learning curves).
     """
     run_dir = locate.run_folder(run_dir)  # a path or pretrained:NAME; checked before any work
-    model_cfg, vocab, max_len, config = runs.read_run_info(run_dir)
-    if step is None and (run_dir / runs.PARAMS_NPZ).exists():  # every value comes from the
+    model_cfg, vocab, max_len, config = read_run_info(run_dir)
+    if step is None and (run_dir / PARAMS_NPZ).exists():  # every value comes from the
         model = nnx.eval_shape(lambda: build_model(model_cfg))  # file: shapes only, no init (~20 s)
     else:
         model = build_model(model_cfg)
     _restore_params(model, run_dir, step)
     out = MolVAE(model, vocab, max_len, run_dir, config, decode_dtype)
-    out.calibration = _read_calibration(run_dir / runs.LIKELIHOOD_JSON)
-    if (run_dir / f"{runs.PREDICTOR}.json").exists():  # .npz + JSON, checked against each other
-        from molvae.optimize.predictor import load_predictor
-
+    out.calibration = _read_calibration(run_dir / LIKELIHOOD_JSON)
+    if (run_dir / f"{PREDICTOR}.json").exists():  # .npz + JSON, checked against each other
         out.predictor = load_predictor(run_dir)
         if out.predictor.cfg.latent_dim != out.latent_dim:
-            raise runs.RunFolderError(
-                f"{run_dir}/{runs.PREDICTOR}.json: latent_dim {out.predictor.cfg.latent_dim} "
+            raise RunFolderError(
+                f"{run_dir}/{PREDICTOR}.json: latent_dim {out.predictor.cfg.latent_dim} "
                 f"does not match the model's {out.latent_dim}"
             )
     return out

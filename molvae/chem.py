@@ -168,6 +168,8 @@ PROPERTIES: dict[str, Callable[[Chem.Mol], float]] = {
     "plogp": penalized_logp,
     "plogp_zinc": penalized_logp_zinc,
 }
+# The columns molvae writes beside molecules (samples.csv, OptimizeResult.top).
+TABLE_PROPERTIES = ("qed", "logp", "sa", "weight", "plogp")
 
 
 def _property_row(args: tuple[str, tuple[str, ...]]) -> list[float]:
@@ -180,7 +182,7 @@ def _property_row(args: tuple[str, tuple[str, ...]]) -> list[float]:
 
 def properties(
     smiles: Sequence[str],
-    names: Sequence[str] = ("qed", "logp", "sa", "weight", "plogp"),
+    names: Sequence[str] = TABLE_PROPERTIES,
     n_jobs: int | None = None,
 ) -> pd.DataFrame:
     """Table of properties, one row per SMILES (nan for invalid ones), computed in parallel."""

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from molvae import fetch, locate
+from molvae import fetch
+from molvae.store import locate
 
 log = logging.getLogger("molvae")
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -90,7 +91,7 @@ def cmd_decode(a: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    from molvae import metrics
+    from molvae.evaluation import metrics
 
     smiles = _read_smiles(a.input, a.smiles_column)
     train = _read_smiles(a.train, a.smiles_column) if a.train else None
@@ -110,7 +111,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 def cmd_optimize(a: argparse.Namespace) -> int:
     import molvae
-    from molvae.optimize import make_objective
+    from molvae.design import make_objective
 
     objective = make_objective(a.objective)  # an unknown name fails before the model loads
     model = molvae.load(a.run)

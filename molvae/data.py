@@ -287,7 +287,14 @@ def standardize(smiles: str | None, fragments: str = "largest") -> tuple[str, st
     return can, "", multi and fragments == "largest"
 
 
-def _preprocess_one(args: tuple[str, int, str]) -> tuple[str, str, str, bool]:
+def preprocess(
+    smiles: Sequence[str], max_len: int, fragments: str, n_jobs: int | None = None
+) -> list[tuple[str, str, str, bool]]:
+    """preprocess_one of every molecule, in parallel over the RDKit process pool."""
+    return chem.parallel_map(preprocess_one, [(s, max_len, fragments) for s in smiles], n_jobs)
+
+
+def preprocess_one(args: tuple[str, int, str]) -> tuple[str, str, str, bool]:
     """(raw SMILES, max_len, fragments policy) -> (canonical SMILES, SELFIES, reason, stripped).
 
     reason is '' if kept; stripped is True if salts/solvents were dropped ('largest' policy).
@@ -384,8 +391,8 @@ def _build(cfg: DataConfig, files: dict[str, Path]) -> Dataset:
     smiles_column = cfg.smiles_column if cfg.source == "csv" else "SMILES"
     tables = {s: _read_raw(p, smiles_column, cols) for s, p in files.items()}
     parts = _partition(cfg, tables)
-    jobs = [(s, cfg.max_len, cfg.fragments) for df in parts.values() for s in df["smiles"]]
-    flat = chem.parallel_map(_preprocess_one, jobs, n_jobs=cfg.n_jobs)
+    raw = [s for df in parts.values() for s in df["smiles"]]
+    flat = preprocess(raw, cfg.max_len, cfg.fragments, n_jobs=cfg.n_jobs)
     splits, reports, stats, start, exclude = {}, [], {}, 0, frozenset()
     for name, df in parts.items():
         results, start = flat[start : start + len(df)], start + len(df)

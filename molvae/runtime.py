@@ -72,3 +72,27 @@ def tune_allocator() -> bool:
     ok &= libc.mallopt(_M_TRIM_THRESHOLD, -1) == 1  # -1: never give the heap top back (man mallopt)
     _done = bool(ok)
     return _done
+
+
+_TRACES = [0]  # functions traced (a new shape or static argument: a compile) since start-up
+
+
+def _count_trace(event: str, duration: float, **_: object) -> None:
+    if event == "/jax/core/compile/jaxpr_trace_duration":
+        _TRACES[0] += 1
+
+
+def traces() -> int:
+    """How many jitted functions JAX has traced in this process since the first call (each new
+    input shape or static argument is one): take the difference around a loop to see whether it
+    recompiles. Counts every function, so read it around code that runs only the one of interest."""
+    global _listening
+    if not _listening:
+        import jax.monitoring
+
+        jax.monitoring.register_event_duration_secs_listener(_count_trace)
+        _listening = True
+    return _TRACES[0]
+
+
+_listening = False

@@ -42,7 +42,7 @@ def tiny_run(tmp_path_factory) -> Path:
     from molvae.data import DataConfig
     from molvae.loggers import JsonlLogger
     from molvae.models.vae import ModelConfig
-    from molvae.train import TrainConfig, train_and_evaluate
+    from molvae.training import TrainConfig, train_and_evaluate
 
     out = tmp_path_factory.mktemp("tiny_run")
     data = DataConfig(limit=300, max_len=40)

@@ -9,7 +9,10 @@ import pytest
 from flax import nnx
 
 import molvae
-from molvae import runs
+from molvae.evaluation import run as run_eval
+from molvae.inference import calibration, engine, latent
+from molvae.inference.codec import LatentCodec
+from molvae.store import folder, names, params
 
 MOLS = ["CCO", "c1ccccc1", "CC(=O)Oc1ccccc1C(=O)O", "CN1CCC[C@H]1c1cccnc1"]
 
@@ -66,9 +69,9 @@ def test_log_likelihood_bound(model):
 def test_params_export_round_trip(model, tiny_run, tmp_path):
     folder = tmp_path / "exported"
     folder.mkdir()
-    for name in (runs.RUN_JSON, runs.VOCAB_JSON):
+    for name in (names.RUN_JSON, names.VOCAB_JSON):
         shutil.copy(tiny_run / name, folder / name)
-    runs.export_params(model.model, folder / runs.PARAMS_NPZ)
+    params.save_npz(model.model, folder / names.PARAMS_NPZ)
     again = molvae.load(folder)  # built from shapes only (no initialisation), then filled
     leaves = jax.tree.leaves(nnx.state(again.model))
     assert leaves and all(isinstance(x, jax.Array) for x in leaves)
@@ -77,15 +80,15 @@ def test_params_export_round_trip(model, tiny_run, tmp_path):
 
 
 def test_load_errors_name_the_file(tiny_run, tmp_path):
-    with pytest.raises(runs.RunFolderError, match="does not exist"):
+    with pytest.raises(names.RunFolderError, match="does not exist"):
         molvae.load(tmp_path / "missing")
     bad = tmp_path / "bad"
     shutil.copytree(tiny_run, bad)
-    (bad / runs.RUN_JSON).write_text(json.dumps({"format": "something-else"}))
-    with pytest.raises(runs.RunFolderError, match="run.json"):
+    (bad / names.RUN_JSON).write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(names.RunFolderError, match="run.json"):
         molvae.load(bad)
-    shutil.copy(tiny_run / runs.RUN_JSON, bad / runs.RUN_JSON)
-    (bad / runs.VOCAB_JSON).write_text("{not json")
+    shutil.copy(tiny_run / names.RUN_JSON, bad / names.RUN_JSON)
+    (bad / names.VOCAB_JSON).write_text("{not json")
     with pytest.raises(ValueError, match="vocab.json"):
         molvae.load(bad)
     with pytest.raises(ValueError, match="unknown pretrained"):
@@ -102,8 +105,8 @@ def test_encode_with_errors_nan_keeps_rows_aligned(model):
 def test_load_attaches_a_saved_predictor(tiny_run, tmp_path):
     from flax import nnx
 
+    from molvae.design import save_predictor
     from molvae.models.predictor import Predictor, PredictorConfig
-    from molvae.optimize import save_predictor
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
@@ -131,7 +134,7 @@ def test_load_attaches_a_saved_predictor(tiny_run, tmp_path):
     # a predictor for another latent size is refused, naming the file
     other = Predictor(PredictorConfig(latent + 1, ("qed",)), rngs=nnx.Rngs(0))
     save_predictor(other, run)
-    with pytest.raises(runs.RunFolderError, match="predictor.json"):
+    with pytest.raises(names.RunFolderError, match="predictor.json"):
         molvae.load(run)
     shutil.rmtree(tmp_path / "run")
     with pytest.raises(ValueError, match="no property predictor"):
@@ -141,12 +144,12 @@ def test_load_attaches_a_saved_predictor(tiny_run, tmp_path):
 def test_test_likelihood_writes_nats_bits_and_the_rate_distortion_split(model, tiny_run, tmp_path):
     import json
 
-    from molvae import report
+    from molvae.evaluation import report
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
-    got = runs.test_likelihood(run, n=40, k=8, model=model)
-    saved = json.loads((run / runs.LIKELIHOOD_JSON).read_text())
+    got = run_eval.test_likelihood(run, n=40, k=8, model=model)
+    saved = json.loads((run / names.LIKELIHOOD_JSON).read_text())
     cal = saved.pop("per_symbol")
     assert cal == got.pop("per_symbol")
     assert saved == pytest.approx(got) and got["n"] + got["skipped_out_of_vocabulary"] == 40
@@ -156,7 +159,7 @@ def test_test_likelihood_writes_nats_bits_and_the_rate_distortion_split(model, t
     assert molvae.load(run).calibration == cal
     # what is skipped: a symbol outside the vocabulary (MOSES has no silicon), invalid SMILES
     mols = ["CCO", "C[C@H](N)O", "C[Si](C)(C)C", "C1CC"]
-    assert model._dec.encodable(mols).tolist() == [True, True, False, False]
+    assert model.encodable(mols).tolist() == [True, True, False, False]
     assert got["nll_nats"] > 0 and got["nll_bits"] == pytest.approx(got["nll_nats"] / np.log(2))
     assert got["rate_bits"] == pytest.approx(got["rate_nats"] / np.log(2))
     assert got["elbo_nats"] == pytest.approx(-(got["rate_nats"] + got["distortion_nats"]))
@@ -217,10 +220,10 @@ def test_anomaly_score_ranks_held_out_above_shuffled_and_foreign(pretrained):
 
 
 def test_large_decode_overlaps_rdkit_and_matches_the_serial_path(model):
-    from molvae import chem, sample
+    from molvae import chem
 
-    z = sample.prior(chem.SERIAL_BELOW + 100, model.latent_dim, seed=3)
-    dec = model._dec
+    z = latent.prior(chem.SERIAL_BELOW + 100, model.latent_dim, seed=3)
+    dec = model.engine
     serial = [chem.selfies_to_smiles(dec.vocab.decode_selfies(r)) for r in dec.decode_ids(z)]
     assert dec.decode(z) == serial  # same molecules, same order, through the process pool
 
@@ -232,35 +235,33 @@ def test_continuous_batching_gives_the_ids_of_one_full_scan_per_chunk(model, gre
     import jax
     import jax.numpy as jnp
 
-    from molvae import sample
-
-    dec = model._dec
-    C = sample.CHUNK
+    dec = model.engine
+    C = engine.CHUNK
     dec.warm_up(greedy)
-    compiled = [f._cache_size() for f in (sample._segment, sample._take, sample._refill)]
+    compiled = [f._cache_size() for f in (engine._segment, engine._take, engine._refill)]
     for n in (2 * C + 37, 37):
-        z = sample.prior(n, model.latent_dim, seed=5)
+        z = latent.prior(n, model.latent_dim, seed=5)
         ids = dec.decode_ids(z, seed=7, greedy=greedy)
         for c in range(-(-n // C)):
             zc = z[c * C : (c + 1) * C]
             padded = np.concatenate([zc, np.zeros((C - len(zc), zc.shape[1]), np.float32)])
             key = jax.random.fold_in(jax.random.key(7), c)
-            full = sample._generate(
+            full = engine._generate(
                 dec.graphdef, dec.params, padded, key, jnp.float32(1.0), dec.max_len, greedy
             )
             full = np.asarray(full)[: len(zc)]
             lengths = (full > 0).sum(1)
-            assert lengths.min() + sample.SEGMENT < lengths.max()  # slots refill at many steps
+            assert lengths.min() + engine.SEGMENT < lengths.max()  # slots refill at many steps
             np.testing.assert_array_equal(ids[c * C : c * C + len(zc)], full)
-    assert [f._cache_size() for f in (sample._segment, sample._take, sample._refill)] == compiled
+    assert [f._cache_size() for f in (engine._segment, engine._take, engine._refill)] == compiled
 
 
 def test_bfloat16_decoding_is_opt_in_and_leaves_encoding_alone(tiny_run, model):
     fast = molvae.load(tiny_run, decode_dtype="bfloat16")
     # the loaded model is unchanged: only the graph that generation runs differs
     assert {layer.dtype for layer in fast.model.decoder.layers} == {"float32"}
-    assert fast._dec.gen_graphdef != fast._dec.graphdef
-    assert model._dec.gen_graphdef == model._dec.graphdef
+    assert fast.engine.gen_graphdef != fast.engine.graphdef
+    assert model.engine.gen_graphdef == model.engine.graphdef
     np.testing.assert_array_equal(fast.encode(MOLS), model.encode(MOLS))
     z = model.encode(MOLS * 8)
     f32, bf16 = model.decode(z, greedy=True), fast.decode(z, greedy=True)
@@ -275,11 +276,11 @@ def test_bfloat16_decoding_is_opt_in_and_leaves_encoding_alone(tiny_run, model):
 def test_strict_sampling_blanks_exactly_the_repaired_samples(model):
     """strict=True: a sample is '' where the SELFIES decoder had to repair the sampled string,
     the same molecule as the lenient sample elsewhere; nothing is resampled."""
-    from molvae import chem, sample
+    from molvae import chem
 
     lenient, strict = model.sample(300, seed=3), model.sample(300, seed=3, strict=True)
-    ids = model._dec.decode_ids(sample.prior(300, model.latent_dim, 3), seed=4, greedy=False)
-    repaired = [chem.selfies_repaired(s) for s in model._dec.vocab.decode_selfies_batch(ids)]
+    ids = model.engine.decode_ids(latent.prior(300, model.latent_dim, 3), seed=4, greedy=False)
+    repaired = [chem.selfies_repaired(s) for s in model.engine.vocab.decode_selfies_batch(ids)]
     assert len(strict) == 300 and 0 < sum(repaired) < 300  # a barely trained model repairs some
     assert [s == "" for s in strict] == [
         r or not le for r, le in zip(repaired, lenient, strict=True)
@@ -296,25 +297,24 @@ def test_transformer_decoder_runs_through_the_continuous_batching_engine(tiny_ru
     import jax.numpy as jnp
     from flax import nnx
 
-    from molvae import sample
     from molvae.models.vae import VAE
 
-    cfg, vocab, max_len, _ = runs.read_run_info(tiny_run)
+    cfg, vocab, max_len, _ = folder.read_run_info(tiny_run)
     cfg = dataclasses.replace(cfg, decoder="transformer", dec_layers=2, dec_heads=2)
-    dec = sample.Decoder(VAE(cfg, rngs=nnx.Rngs(3)), vocab, max_len)
-    C = sample.CHUNK
-    z = sample.prior(C + 37, cfg.latent_dim, seed=5)
+    dec = engine.DecodingEngine(VAE(cfg, rngs=nnx.Rngs(3)), vocab, max_len)
+    C = engine.CHUNK
+    z = latent.prior(C + 37, cfg.latent_dim, seed=5)
     ids = dec.decode_ids(z, seed=7, greedy=False)
     for c in range(2):
         zc = z[c * C : (c + 1) * C]
         padded = np.concatenate([zc, np.zeros((C - len(zc), zc.shape[1]), np.float32)])
         key = jax.random.fold_in(jax.random.key(7), c)
-        full = sample._generate(
+        full = engine._generate(
             dec.graphdef, dec.params, padded, key, jnp.float32(1.0), max_len, False
         )
         np.testing.assert_array_equal(ids[c * C : c * C + len(zc)], np.asarray(full)[: len(zc)])
     lengths = (ids > 0).sum(1)
-    assert lengths.min() + sample.SEGMENT < lengths.max()  # rows finish at many steps
+    assert lengths.min() + engine.SEGMENT < lengths.max()  # rows finish at many steps
 
 
 # Salts and mixtures as users have them: each with the molecule training would have kept.
@@ -330,11 +330,11 @@ def test_scoring_preprocesses_salts_as_training_did(model, caplog):
 
     for salt, parent in SALTS.items():
         # the same SELFIES as the training data's preprocessing of the same input
-        want = data._preprocess_one((salt, 100, "largest"))[1]
-        assert model._dec.to_selfies(salt).selfies == want
-        assert model._dec.to_selfies(salt).stripped
-        assert model._dec.to_selfies(parent).selfies == want
-    with caplog.at_level("WARNING", logger="molvae.sample"):
+        want = data.preprocess_one((salt, 100, "largest"))[1]
+        assert model.codec.to_selfies(salt).selfies == want
+        assert model.codec.to_selfies(salt).stripped
+        assert model.codec.to_selfies(parent).selfies == want
+    with caplog.at_level("WARNING", logger="molvae.inference.codec"):
         z = model.encode(list(SALTS))
     np.testing.assert_allclose(z, model.encode(list(SALTS.values())), atol=1e-6)
     assert "3 with salts or solvents stripped" in caplog.text
@@ -347,15 +347,13 @@ def test_scoring_preprocesses_salts_as_training_did(model, caplog):
 
 
 def test_scoring_follows_the_runs_fragment_policy(model):
-    from molvae import sample
-
-    reject = sample.Decoder(model.model, model.vocab, model.max_len, fragments="reject")
+    reject = LatentCodec(model.model, model.vocab, model.max_len, fragments="reject")
     with pytest.raises(ValueError, match=r"'c1ccccc1\.O\.O'.*mixture"):
         reject.encode(["c1ccccc1.O.O"])
     mu, _ = reject.encode(["c1ccccc1.O.O", "c1ccccc1"], errors="nan")
     assert np.isnan(mu).any(1).tolist() == [True, False]
     with pytest.raises(ValueError, match="fragments"):
-        sample.Decoder(model.model, model.vocab, model.max_len, fragments="smallest")
+        LatentCodec(model.model, model.vocab, model.max_len, fragments="smallest")
 
 
 def test_log_likelihood_with_errors_nan_keeps_rows_aligned(model):
@@ -372,7 +370,7 @@ def test_log_likelihood_with_errors_nan_keeps_rows_aligned(model):
 
 def test_percentile_of_interpolates_between_the_stored_percentiles():
     q = list(np.linspace(-3.0, -1.0, 101))  # percentile p at -3 + 0.02 p
-    got = runs.percentile_of(np.array([-3.5, -3.0, -2.0, -1.01, 0.0, np.nan]), q)
+    got = calibration.percentile_of(np.array([-3.5, -3.0, -2.0, -1.01, 0.0, np.nan]), q)
     np.testing.assert_allclose(got[:5], [0.0, 0.0, 50.0, 99.5, 100.0])
     assert np.isnan(got[5])
 
@@ -380,8 +378,8 @@ def test_percentile_of_interpolates_between_the_stored_percentiles():
 def test_anomaly_percentile_needs_a_calibration(model, tiny_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
-    (run / runs.LIKELIHOOD_JSON).unlink(missing_ok=True)
-    with pytest.raises(runs.RunFolderError, match="test_likelihood"):
+    (run / names.LIKELIHOOD_JSON).unlink(missing_ok=True)
+    with pytest.raises(names.RunFolderError, match="test_likelihood"):
         molvae.load(run).anomaly_percentile(["CCO"])
 
 
@@ -405,9 +403,9 @@ def test_anomaly_percentile_flags_small_and_foreign_molecules_on_the_shipped_mod
 
 def test_log_likelihood_does_not_depend_on_the_batching(model):
     mols = ["CCO", "c1ccccc1", "CC(=O)Oc1ccccc1C(=O)O", "CCN(CC)CC", "O=C(O)c1ccccc1"]
-    whole = model._dec.log_likelihood(mols, k=8, chunk=8)["log_likelihood"]  # one padded call
+    whole = model.codec.log_likelihood(mols, k=8, chunk=8)["log_likelihood"]  # one padded call
     for chunk in (1, 2, 3):
-        got = model._dec.log_likelihood(mols, k=8, chunk=chunk)["log_likelihood"]
+        got = model.codec.log_likelihood(mols, k=8, chunk=chunk)["log_likelihood"]
         np.testing.assert_allclose(got, whole, rtol=1e-5)
     assert model.log_likelihood(mols[:1], k=8)[0] == pytest.approx(whole[0], rel=1e-5)
     assert model.log_likelihood(mols, k=8, seed=1)[0] != pytest.approx(whole[0], rel=1e-5)

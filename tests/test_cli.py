@@ -105,7 +105,7 @@ def test_every_option_has_help():
 
 
 def test_evaluate_defaults_to_the_full_suite_like_the_python_function(monkeypatch, tmp_path):
-    from molvae import metrics
+    from molvae.evaluation import metrics
 
     calls = []
     monkeypatch.setattr(metrics, "evaluate", lambda s, **kw: calls.append("all") or {"valid": 1})

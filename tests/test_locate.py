@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from molvae import locate
+from molvae.store import locate
 
 SHIPPED = locate.PRETRAINED["moses"]
 

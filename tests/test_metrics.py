@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from rdkit import Chem
 
-from molvae import chem, chemnet, metrics
+from molvae import chem
+from molvae.evaluation import chemnet, metrics
 
 # The official values (molsets 0.3.1 get_all_metrics + fcd_torch 1.0.7 ChemNet activations) for
 # three fixed input sets, see tests/data/README.md.
@@ -277,7 +278,7 @@ def test_full_moses_matches_official_values(name):
 
 
 def test_memoized_chemnet_gives_the_same_activations_and_computes_each_smiles_once(monkeypatch):
-    from molvae import chemnet
+    from molvae.evaluation import chemnet
 
     smiles = ["CCO", "c1ccccc1", "CCO", "CCN"]
     plain = chemnet.chemnet_activations(smiles, canonize=False)
@@ -325,7 +326,7 @@ def test_shipped_statistics_layout_converts_to_split_stats(tmp_path):
         "SNN": {"fps": fps},
         "Frag": {"frag": Counter({"[4*]CC": 3, "[16*]c1ccccc1": 2})},
         "Scaf": {"scaf": Counter({"c1ccc2[nH]ccc2c1": 1})},
-        **{k: {"values": [f(m) for m in mols]} for k, f in metrics.PROPERTIES.items()},
+        **{k: {"values": [f(m) for m in mols]} for k, f in metrics.MOSES_PROPERTIES.items()},
     }
     np.savez(tmp_path / "stats.npz", stats=np.array(raw, dtype=object))
     st = metrics._shipped_split(metrics.read_pickled_npz(tmp_path / "stats.npz"), tmp_path)
@@ -374,7 +375,7 @@ def test_shipped_statistics_equal_molvaes_own_build(shipped):
     head = metrics._describe_all(smiles[:1000], "reference", n_jobs=None)
     assert len(head.rows) == 1000  # all valid and distinct: rows follow the file
     np.testing.assert_array_equal(head.fps, test.fps[:1000])
-    for i, name in enumerate(metrics.PROPERTIES):
+    for i, name in enumerate(metrics.MOSES_PROPERTIES):
         got = np.array([r.props[i] for r in head.rows])
         np.testing.assert_allclose(got, test.props[name][:1000], rtol=1e-9, err_msg=name)
     for field, full in (("frags", test.frag), ("scaffold", test.scaf)):

@@ -13,8 +13,9 @@ import pytest
 from flax import nnx
 
 from molvae.models.gru import GRU, reverse_padded
+from molvae.models.losses import gaussian_kl, sequence_nll
 from molvae.models.vae import VAE, ModelConfig
-from molvae.train import TrainConfig, gaussian_kl, kl_weight, sequence_nll
+from molvae.training import TrainConfig, kl_weight
 
 
 def test_gaussian_kl_closed_form_and_monte_carlo():

@@ -1,22 +1,42 @@
 """Objectives, the oracle's budget, gradient ascent, the GP, BO and the optimize script."""
 
+import dataclasses
+import importlib
 import json
 import math
 import os
 import struct
 import subprocess
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import pytest
+from flax import nnx
 
 import molvae
 from molvae import chem
-from molvae.optimize import ObjectiveError, Oracle, constrained_optimize, make_objective, report
-from molvae.optimize.gp import GP
-from molvae.optimize.gradient import ascend
-from molvae.optimize.predictor import FitConfig, fit_latent, predict
+from molvae.design import (
+    METHODS,
+    ConstrainedConfig,
+    GradientConfig,
+    ObjectiveError,
+    Oracle,
+    constrained_optimize,
+    make_objective,
+    method_config,
+    register,
+)
+from molvae.design import gradient as gradient_module
+from molvae.design import plots as report
+from molvae.design.gp import GP
+from molvae.design.gradient import ascend
+from molvae.design.predictor import FitConfig, fit_latent, predict
+from molvae.models.predictor import Predictor, PredictorConfig
+
+# (molvae.design.constrained is the objectives' constrained(), which shadows the module)
+constrained_module = importlib.import_module("molvae.design.constrained")
 
 ASPIRIN = "CC(=O)Oc1ccccc1C(=O)O"
 
@@ -64,6 +84,29 @@ def test_builtin_objectives_follow_their_definitions():
             make_objective(**bad)
     with pytest.raises(ObjectiveError, match="form"):
         make_objective("qed", constraints=["qed is high"])
+
+
+def test_sa_is_named_sa_with_sign_minus_one_and_scores_minus_sa():
+    mols = [ASPIRIN, "CCO", "c1ccccc1", "CN1CCC[C@H]1c1cccnc1", "Cn1cnc2c1c(=O)n(C)c(=O)n2C"]
+    sa = make_objective("sa")
+    assert (sa.name, sa.sign, sa.direction, sa.properties) == ("sa", -1.0, "minimize", ("sa",))
+    want = [-chem.sa(chem.mol_from_smiles(m)) for m in mols]
+    np.testing.assert_allclose(sa(mols), want, rtol=1e-12)
+    assert want[2] == pytest.approx(-1.0)  # benzene: the easiest possible molecule, SA 1
+    qed = make_objective("qed")
+    assert (qed.name, qed.sign, qed.direction) == ("qed", 1.0, "maximize")
+    assert make_objective(lambda s: [0.0] * len(s)).sign == 1.0  # callables are maximised
+
+    # Names read as formulas in the quantities: score = 1*QED + 0.5*(-SA) = QED - 0.5*SA.
+    mix = make_objective("weighted", terms={"qed": 1.0, "sa": 0.5})
+    assert mix.name == "1*qed - 0.5*sa" and mix.sign == 1.0
+    mol = chem.mol_from_smiles(ASPIRIN)
+    assert mix([ASPIRIN])[0] == pytest.approx(chem.qed(mol) - 0.5 * chem.sa(mol))
+    assert make_objective("weighted", terms={"sa": 2.0}).name == "-2*sa"
+    capped = make_objective("sa", constraints=["qed >= 0.5"])
+    assert capped.name == "sa s.t. qed >= 0.5" and capped.direction == "minimize"
+    with pytest.raises(ObjectiveError, match="sign"):
+        make_objective("qed").__class__(len, "x", (), 2.0)
 
 
 # ----------------------------------------------------------------------------- oracle
@@ -123,6 +166,19 @@ def test_history_persists_and_resumes_without_paying_again(tmp_path):
         Oracle("qed", budget=5, path=path)  # another objective's history
 
 
+def test_a_history_of_the_old_minus_sa_name_still_resumes(tmp_path):
+    path = tmp_path / "calls.csv"
+    Oracle("sa", budget=3, path=path)(["CCO"])
+    meta = path.with_suffix(".csv.json")
+    assert json.loads(meta.read_text())["direction"] == "minimize"
+    meta.write_text(json.dumps({"objective": "-sa", "budget": 3}))  # written before the sign
+    resumed = Oracle("sa", budget=3, path=path)
+    assert resumed.paid == 1 and json.loads(meta.read_text())["objective"] == "sa"
+    with pytest.raises(ObjectiveError, match="-sa"):
+        meta.write_text(json.dumps({"objective": "-sa", "budget": 3}))
+        Oracle("qed", budget=3, path=path)
+
+
 # ----------------------------------------------------------------------------- surrogates
 
 
@@ -138,6 +194,10 @@ def test_gradient_steps_increase_the_predicted_value():
     assert np.mean(values[-1] - values[0]) > 1.0
     fenced = ascend(pred, z0, steps=40, lr=0.05, radius=0.3)[-1]
     assert np.all(np.linalg.norm(fenced - z0, axis=1) <= 0.3 + 1e-5)  # the trust region holds
+    down = ascend(pred, z0, steps=40, lr=0.05, snapshots=4, sign=-1.0)  # a minimised quantity
+    values = [predict(pred, p)[0][:, 0] for p in (z0, *down)]
+    assert all(np.all(b <= a + 1e-3) for a, b in zip(values[:-1], values[1:], strict=True))
+    assert np.mean(values[0] - values[-1]) > 1.0
 
 
 def test_gp_recovers_a_known_1d_function():
@@ -171,6 +231,84 @@ def test_callable_objective_through_optimize_respects_the_budget(model):
         molvae.optimize(model, "qed", method="gradient", budget=5, acquisition="ei")
 
 
+@dataclass(frozen=True)
+class FixedConfig:
+    smiles: tuple[str, ...] = ("CCO", "CCN", "CCC")
+
+    def __post_init__(self) -> None:
+        if not self.smiles:
+            raise ValueError("optimize.smiles must not be empty")
+
+
+@pytest.fixture
+def fixed_method():
+    """A search method registered for one test: scores cfg.smiles in order, model unused."""
+    seen = {}
+
+    @register("fixed_list", FixedConfig)
+    def run_fixed(model, oracle, cfg, *, seed, init_smiles, predictor, progress):
+        seen.update(model=model, seed=seed, init=init_smiles, predictor=predictor)
+        oracle(list(init_smiles or []) + list(cfg.smiles), source="fixed")
+
+    try:
+        yield seen
+    finally:
+        del METHODS["fixed_list"]
+
+
+def test_a_registered_method_is_found_by_optimize(fixed_method):
+    r = molvae.optimize(
+        None, "qed", method="fixed_list", budget=3, seed=7, init_smiles=["c1ccccc1"],
+        progress=False, smiles=["CCO", "CCN", "CCC", "CCCC"],
+    )  # fmt: skip
+    assert fixed_method == {"model": None, "seed": 7, "init": ["c1ccccc1"], "predictor": None}
+    assert r.history["smiles"].tolist() == ["c1ccccc1", "CCO", "CCN"]  # the budget holds
+    assert r.method == "fixed_list" and r.config == {"smiles": ("CCO", "CCN", "CCC", "CCCC")}
+    assert r.summary()["direction"] == "maximize"
+    want = [chem.qed(chem.mol_from_smiles(m)) for m in ("c1ccccc1", "CCO", "CCN")]
+    np.testing.assert_allclose(r.history["score"], want)
+    assert isinstance(method_config("fixed_list"), FixedConfig)
+    with pytest.raises(ValueError, match="already registered"):
+        register("fixed_list", FixedConfig)(lambda *a, **k: None)
+    with pytest.raises(ValueError, match="optimize.smiles"):
+        molvae.optimize(None, "qed", method="fixed_list", budget=3, smiles=[])
+
+
+def test_registry_errors_name_what_is_wrong():
+    assert {"gradient", "bo", "constrained"} <= set(METHODS)
+    assert METHODS["gradient"].config is GradientConfig and METHODS["constrained"].search is False
+    with pytest.raises(ValueError, match=r"one of \['bo', 'constrained', 'gradient'"):
+        method_config("annealing")
+    with pytest.raises(TypeError, match=r"\['acquisitions', 'batch'\] for method 'bo'"):
+        method_config("bo", batch=3, acquisitions="ei", n_init=4)
+    assert method_config("bo", batch_size=3).batch_size == 3
+    with pytest.raises(ValueError, match=r"one of \['bo', 'gradient'\], got 'annealing'"):
+        molvae.optimize(None, "qed", method="annealing", budget=3)
+    with pytest.raises(ValueError, match="not a budgeted search.*constrained_optimize"):
+        molvae.optimize(None, "qed", method="constrained", budget=3)
+    with pytest.raises(TypeError, match="dataclass"):
+        register("plain", dict)
+
+
+def test_gradient_follows_a_given_predictor_along_the_objective_sign(model, monkeypatch):
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append((args[2], args[-1]))  # target, sign
+        return ascend(*args, **kwargs)
+
+    monkeypatch.setattr(gradient_module, "ascend", spy)
+    cfg = PredictorConfig(model.latent_dim, ("qed", "sa"), (8,), 1)
+    pred = Predictor(cfg, rngs=nnx.Rngs(0))
+    molvae.optimize(
+        model, "sa", method="gradient", budget=12, predictor=pred, progress=False, refit=False,
+        n_init=4, n_starts=4, steps=3, snapshots=1, patience=2,
+    )  # fmt: skip
+    assert calls and set(calls) == {(1, -1.0)}  # output "sa", descended
+    with pytest.raises(ValueError, match=r"predicts \['qed', 'sa'\], not the objective 'logp'"):
+        molvae.optimize(model, "logp", method="gradient", budget=5, predictor=pred)
+
+
 def test_bo_on_qed_beats_random_prior_samples_with_the_same_budget(model):
     budget = 48
     r = molvae.optimize(
@@ -185,22 +323,124 @@ def test_bo_on_qed_beats_random_prior_samples_with_the_same_budget(model):
     assert bo_top.mean() > np.sort(random_scores)[-10:].mean()
 
 
-def test_constrained_improvement_reports_success_and_similarity(model):
+def check_constrained_rows(table, summary, objective):
+    """Every row and summary number against an independent computation from chem."""
+    score = {m: objective([m])[0] for m in set(table["start"]) | set(table["best"])}
+    for row in table.itertuples():
+        assert row.start_score == pytest.approx(score[row.start])
+        assert row.best_score == pytest.approx(score[row.best])
+        if row.success:
+            assert row.best != row.start and row.improvement > 0
+            assert row.improvement == pytest.approx(score[row.best] - score[row.start])
+            sim = chem.similarity([row.best], row.start)[0]
+            assert row.similarity == pytest.approx(sim) and sim >= row.delta
+        else:
+            assert (row.best, row.improvement, row.similarity) == (row.start, 0.0, 1.0)
+    for d, t in table.groupby("delta"):
+        won = t.loc[t["success"], "improvement"]
+        got = summary["deltas"][str(d)]
+        assert got["success_rate"] == pytest.approx(t["success"].sum() / len(t))
+        assert got["improvement_mean"] == pytest.approx(won.mean() if len(won) else 0.0)
+        assert got["improvement_mean_all"] == pytest.approx(won.sum() / len(t))
+
+
+def test_constrained_improvement_on_the_tiny_model(model):
     rng = np.random.default_rng(0)
     z = rng.standard_normal((200, model.latent_dim)).astype(np.float32)
     pred, _ = fit_latent(z, z[:, :1], ["qed"], cfg=FitConfig(steps=50, hidden=(8,), n_models=1))
     starts = ["CCO", "c1ccccc1", ASPIRIN, "not a molecule"]
     table, summary = constrained_optimize(
-        model, starts, "qed", deltas=(0.0, 0.4), predictor=pred, steps=6, snapshots=3,
-        progress=False,
+        model, starts, objective="qed", predictor=pred, progress=False, deltas=(0.0, 0.4),
+        steps=6, snapshots=3,
     )  # fmt: skip
     assert len(table) == 6 and summary["n"] == 3  # the invalid start is left out, not lost
-    won = table[table["success"]]
-    assert (won["similarity"] >= won["delta"]).all() and (won["improvement"] > 0).all()
-    assert (table.loc[~table["success"], "improvement"] == 0).all()
-    for d in ("0.0", "0.4"):
-        assert 0 <= summary["deltas"][d]["success_rate"] <= 1
-    assert summary["deltas"]["0.0"]["success_rate"] >= summary["deltas"]["0.4"]["success_rate"]
+    assert summary["config"]["deltas"] == (0.0, 0.4) and summary["direction"] == "maximize"
+    check_constrained_rows(table, summary, make_objective("qed"))
+    # A success at delta 0.4 is one at delta 0.0 too, and improves at least as much there.
+    by = table.pivot(index="start", columns="delta")
+    assert (by["success"][0.0] >= by["success"][0.4]).all()
+    assert (by["improvement"][0.0] >= by["improvement"][0.4]).all()
+
+
+class ScriptedModel:
+    """encode: one latent per valid molecule; decode call s returns snapshot s of each start's
+    scripted candidates, whatever the latents."""
+
+    latent_dim = 2
+
+    def __init__(self, candidates):
+        self.candidates, self.calls = candidates, 0
+
+    def encode(self, smiles, return_logvar=False, errors="raise"):
+        mu = np.array(
+            [[i, 0.0] if chem.is_valid(s) else [np.nan] * 2 for i, s in enumerate(smiles)]
+        )
+        return mu.astype(np.float32), np.zeros_like(mu, np.float32)
+
+    def decode(self, z):
+        s, self.calls = self.calls, self.calls + 1
+        return [chem.canonical(c[s]) or "" for c in self.candidates[: len(z)]]
+
+
+@pytest.mark.parametrize("objective", ["qed", "sa"])
+def test_constrained_success_rates_are_exact_on_scripted_candidates(objective, monkeypatch):
+    # QED: CCO 0.407 -> CCCO 0.464 (similarity 0.56); benzene 0.443 -> phenol 0.515 (0.27),
+    # toluene 0.459 (0.27); aspirin 0.550 -> its methyl ester 0.527 (0.67), naphthalene 0.511.
+    # SA: CCO 1.98 -> CCCO 1.96; benzene is already 1.0; aspirin 1.58 -> ester 1.60, naph. 1.0.
+    model = ScriptedModel([
+        ["CCO", "CCCO", "OCCO"],
+        ["Cc1ccccc1", "", "Oc1ccccc1"],
+        ["CC(=O)Oc1ccccc1C(=O)OC", ASPIRIN, "c1ccc2ccccc2c1"],
+    ])  # fmt: skip
+    pred = Predictor(PredictorConfig(2, (objective,), (4,), 1), rngs=nnx.Rngs(0))
+    cfg = method_config("constrained", deltas=[0.0, 0.4], steps=3, snapshots=3)
+    starts = ["CCO", "not a molecule", "c1ccccc1", ASPIRIN]
+    signs = []
+
+    def spy(*args, **kwargs):
+        signs.append(kwargs["sign"])
+        return ascend(*args, **kwargs)
+
+    monkeypatch.setattr(constrained_module, "ascend", spy)
+    table, summary = constrained_optimize(
+        model, starts, cfg, objective=objective, predictor=pred, progress=False
+    )
+    obj = make_objective(objective)
+    assert signs == [obj.sign]  # the predicted SA is descended
+    check_constrained_rows(table, summary, obj)
+    best = table.pivot(index="start", columns="delta", values="best")
+    assert best[0.4].to_dict() == {"CCO": "CCCO", "c1ccccc1": "c1ccccc1", ASPIRIN: ASPIRIN}
+    if objective == "qed":  # phenol (similarity 0.27) is the best improvement on benzene
+        assert best[0.0].to_dict() == {"CCO": "CCCO", "c1ccccc1": "Oc1ccccc1", ASPIRIN: ASPIRIN}
+    else:  # lower SA wins: only naphthalene (similarity 0.19) improves on aspirin's
+        want = {"CCO": "CCCO", "c1ccccc1": "c1ccccc1", ASPIRIN: "c1ccc2ccccc2c1"}
+        assert best[0.0].to_dict() == want
+    rates = [summary["deltas"][d]["success_rate"] for d in ("0.0", "0.4")]
+    assert rates == pytest.approx([2 / 3, 1 / 3])
+    gain = obj(["CCCO"])[0] - obj(["CCO"])[0]
+    assert summary["deltas"]["0.4"]["improvement_mean"] == pytest.approx(gain)
+    assert summary["objective"] == objective and summary["direction"] == obj.direction
+
+
+def test_constrained_config_is_validated_with_the_hydra_key_names():
+    cfg = method_config("constrained", deltas=[0.4], n_molecules=10)
+    assert cfg == ConstrainedConfig(n_molecules=10, deltas=(0.4,))
+    bad = {
+        "n_molecules": 0, "steps": 2.5, "snapshots": True, "lr": 0.0, "deltas": (),
+        "prop": "tastiness",
+    }  # fmt: skip
+    for key, value in bad.items():
+        with pytest.raises(ValueError, match=rf"optimize\.{key} must"):
+            ConstrainedConfig(**{key: value})
+    with pytest.raises(ValueError, match=r"optimize\.deltas .*\(1\.5,\)"):
+        ConstrainedConfig(deltas=(1.5,))
+    with pytest.raises(ValueError, match=r"snapshots \(30\) must be <= optimize\.steps"):
+        ConstrainedConfig(steps=20, snapshots=30)
+    with pytest.raises(TypeError, match=r"\['delta'\] for method 'constrained'"):
+        method_config("constrained", delta=[0.4])
+    with pytest.raises(TypeError, match="either cfg or options"):
+        constrained_optimize(None, [], ConstrainedConfig(), steps=3)
+    assert dataclasses.asdict(ConstrainedConfig())["deltas"] == (0.4, 0.6)
 
 
 def test_pmo_auc_matches_the_definition():
@@ -306,6 +546,9 @@ def test_script_logs_an_offline_wandb_run(root, tiny_run, tmp_path):
         (["objective.name=tasty"], "objective.name"),
         (["objective=similarity", "objective.target=xx"], "objective.target"),
         (["optimize=constrained", "optimize.deltas=[1.5]"], "optimize.deltas"),
+        (["optimize=constrained", "optimize.prop=tasty"], "optimize.prop"),
+        (["optimize=constrained", "+optimize.budget_left=3"], "budget_left"),
+        (["optimize.method=annealing"], "method must be one of"),
     ],
 )
 def test_impossible_configs_name_the_key(root, overrides, key):
@@ -321,3 +564,19 @@ def test_impossible_configs_name_the_key(root, overrides, key):
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
         script.objective_of(cfg.objective)
         script.method_options(cfg.optimize)
+
+
+def test_the_constrained_config_group_builds_its_settings(root):
+    from hydra import compose, initialize_config_dir
+
+    sys.path.insert(0, str(root / "experiments"))
+    try:
+        import optimize as script
+    finally:
+        sys.path.pop(0)
+    with initialize_config_dir(str(root / "conf"), version_base="1.3"):
+        cfg = compose("optimize_run", overrides=["run_dir=x", "optimize=constrained"])
+        bo = compose("optimize_run", overrides=["run_dir=x", "optimize.batch_size=4"])
+    assert script.method_options(cfg.optimize) == ("constrained", 0, ConstrainedConfig())
+    method, budget, settings = script.method_options(bo.optimize)
+    assert (method, budget, settings.batch_size) == ("bo", 1000, 4)

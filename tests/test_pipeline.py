@@ -218,7 +218,7 @@ def test_a_mistyped_run_dir_is_an_error_that_creates_nothing(root, tmp_path, scr
 
 
 def test_the_shipped_model_in_the_scripts_writes_to_the_working_directory(root, tmp_path):
-    from molvae import locate
+    from molvae.store import locate
 
     shipped = sorted(p.name for p in locate.PRETRAINED["moses"].iterdir())
     run_in(tmp_path, root, "sample.py", "run_dir=pretrained:moses", "n=20", "seed=1")

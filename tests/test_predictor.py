@@ -9,18 +9,11 @@ import pytest
 from flax import nnx
 
 import molvae
-from molvae import runs
+from molvae.design.predictor import FitConfig, fit_latent, fit_predictor, fit_run_predictor, predict
 from molvae.models.predictor import Predictor, PredictorConfig, property_loss
-from molvae.optimize.predictor import (
-    FitConfig,
-    fit_latent,
-    fit_predictor,
-    fit_run_predictor,
-    load_predictor,
-    predict,
-    regression_metrics,
-    save_predictor,
-)
+from molvae.store import names
+from molvae.store.params import load_predictor, save_predictor
+from molvae.training.joint import regression_metrics
 
 FAST = FitConfig(steps=300, hidden=(32, 32), n_models=2)  # one compiled shape for most tests
 
@@ -82,10 +75,10 @@ def test_save_load_round_trip_and_bad_files(fitted, tmp_path):
 
     info["config"]["hidden"] = [9]
     (tmp_path / "predictor.json").write_text(json.dumps(info))
-    with pytest.raises(runs.RunFolderError, match="predictor.npz"):
+    with pytest.raises(names.RunFolderError, match="predictor.npz"):
         load_predictor(tmp_path)
     (tmp_path / "predictor.json").write_text("{not json")
-    with pytest.raises(runs.RunFolderError, match="predictor.json"):
+    with pytest.raises(names.RunFolderError, match="predictor.json"):
         load_predictor(tmp_path)
 
 

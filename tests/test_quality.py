@@ -7,7 +7,9 @@ import pandas as pd
 import pytest
 
 import molvae
-from molvae import chem, data, quality, sample
+from molvae import chem, data
+from molvae.evaluation import quality
+from molvae.inference import latent
 
 HELD_OUT = ["CCO", "c1ccccc1", "CC(=O)Oc1ccccc1C(=O)O", "CCN(CC)CC"]
 PROTOCOL = {"n": 200, "ref_n": 0, "recon_n": 4, "iw_k": 2, "seed": 0}
@@ -51,8 +53,8 @@ def test_scores_are_the_protocol_computed_directly(scored):
     assert rec["nll"] == pytest.approx(-ll["log_likelihood"].mean(), rel=1e-5)
     assert rec["rate"] == pytest.approx(ll["rate"].mean(), rel=1e-5)
     assert rec["distortion"] == pytest.approx(ll["distortion"].mean(), rel=1e-5)
-    z = sample.prior(200, model.latent_dim, 0)
-    ids = model._dec.decode_ids(z, 1, 1.0, greedy=False)
+    z = latent.prior(200, model.latent_dim, 0)
+    ids = model.engine.decode_ids(z, 1, 1.0, greedy=False)
     assert rec["sample_len"] == pytest.approx(((ids != 0).sum(1)).mean())
 
 

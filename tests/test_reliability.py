@@ -16,8 +16,8 @@ import pytest
 from flax import nnx
 
 import molvae
-from molvae import runs
-from molvae.train import CheckpointError
+from molvae.store import names, params
+from molvae.store.checkpoints import CheckpointError
 
 
 def _copy(tiny_run, tmp_path):
@@ -29,26 +29,26 @@ def _copy(tiny_run, tmp_path):
 def test_loading_never_instantiates_targets_from_the_folder(tiny_run, tmp_path):
     run = _copy(tiny_run, tmp_path)
     marker = tmp_path / "pwned"
-    info = json.loads((run / runs.RUN_JSON).read_text())
+    info = json.loads((run / names.RUN_JSON).read_text())
     info["config"]["model"] = {"_target_": "os.system", "command": f"touch {marker}"}
     info["config"]["evil"] = {"_target_": "builtins.exec", "_args_": [f"open('{marker}','w')"]}
-    (run / runs.RUN_JSON).write_text(json.dumps(info))
+    (run / names.RUN_JSON).write_text(json.dumps(info))
     model = molvae.load(run)
     assert model.sample(2, seed=0) and not marker.exists()
 
 
 def test_params_file_is_not_a_pickle_and_pickles_are_refused(tiny_run, tmp_path):
     run = _copy(tiny_run, tmp_path)
-    shutil.rmtree(run / runs.CHECKPOINTS)
+    shutil.rmtree(run / names.CHECKPOINTS)
     np.save(run / "evil.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    shutil.move(run / "evil.npy", run / runs.PARAMS_NPZ)
-    with pytest.raises(runs.RunFolderError, match="params.npz"):
+    shutil.move(run / "evil.npy", run / names.PARAMS_NPZ)
+    with pytest.raises(names.RunFolderError, match="params.npz"):
         molvae.load(run)
 
 
 def test_corrupted_checkpoint_gives_an_error_naming_it(tiny_run, tmp_path):
     run = _copy(tiny_run, tmp_path)
-    step_dir = next(p for p in (run / runs.CHECKPOINTS).iterdir() if p.name.isdigit())
+    step_dir = next(p for p in (run / names.CHECKPOINTS).iterdir() if p.name.isdigit())
     for f in (step_dir / "params").rglob("*"):
         if f.is_file() and f.stat().st_size > 0:
             f.write_bytes(b"\0garbage" * 8)
@@ -58,7 +58,7 @@ def test_corrupted_checkpoint_gives_an_error_naming_it(tiny_run, tmp_path):
 
 def test_half_written_checkpoint_is_ignored(tiny_run, tmp_path, caplog):
     run = _copy(tiny_run, tmp_path)
-    ckpts = run / runs.CHECKPOINTS
+    ckpts = run / names.CHECKPOINTS
     good = next(p for p in ckpts.iterdir() if p.name.isdigit())
     # What a kill during a save leaves behind: orbax's temporary folder, never committed.
     half = ckpts / f"{int(good.name) + 10}.orbax-checkpoint-tmp-1234"
@@ -103,18 +103,18 @@ def _train(root: Path, out: Path) -> str:
 
 
 def _steps(run: Path) -> list[int]:
-    return sorted(int(p.name) for p in (run / runs.CHECKPOINTS).glob("*") if p.name.isdigit())
+    return sorted(int(p.name) for p in (run / names.CHECKPOINTS).glob("*") if p.name.isdigit())
 
 
 def _records(run: Path) -> list[dict]:
     drop = ("mol_per_s", "time", "cpu_s")  # clock values differ between runs
-    lines = (run / runs.METRICS_JSONL).read_text().splitlines()
+    lines = (run / names.METRICS_JSONL).read_text().splitlines()
     return [{k: v for k, v in json.loads(x).items() if k not in drop} for x in lines]
 
 
 def _params(run: Path) -> dict[str, np.ndarray]:
     state = nnx.state(molvae.load(run).model, nnx.Param)
-    return runs.flatten_tree(jax.device_get(nnx.to_pure_dict(state)))
+    return params.flatten_tree(jax.device_get(nnx.to_pure_dict(state)))
 
 
 @pytest.mark.slow  # three train.py processes: ~1 min on 2 busy cores
@@ -127,7 +127,7 @@ def test_sigkill_mid_run_resumes_to_the_uninterrupted_parameters(root, tmp_path)
         proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 300
-            while not ((killed / runs.CHECKPOINTS).is_dir() and _steps(killed)):
+            while not ((killed / names.CHECKPOINTS).is_dir() and _steps(killed)):
                 assert proc.poll() is None, (tmp_path / "killed.log").read_text()[-4000:]
                 assert time.monotonic() < deadline, "no checkpoint after 300 s"
                 time.sleep(0.01)
@@ -147,8 +147,10 @@ def test_sigkill_mid_run_resumes_to_the_uninterrupted_parameters(root, tmp_path)
     assert a.keys() == b.keys() and a
     for name in a:
         np.testing.assert_array_equal(b[name], a[name], err_msg=name)
-    cpu = [json.loads(x)["cpu_s"] for x in (killed / runs.METRICS_JSONL).read_text().splitlines()]
-    assert all(b > a for a, b in zip(cpu, cpu[1:])), cpu  # summed over the resume, not reset
+    cpu = [json.loads(x)["cpu_s"] for x in (killed / names.METRICS_JSONL).read_text().splitlines()]
+    assert all(b > a for a, b in zip(cpu, cpu[1:], strict=False)), (
+        cpu
+    )  # summed over the resume, not reset
     recs = _records(killed)
     assert [r["step"] for r in recs] == list(range(EVERY, STEPS + 1, EVERY))  # once each
     assert recs == _records(full)

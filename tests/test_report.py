@@ -8,8 +8,10 @@ import shutil
 import matplotlib.image as mpimg
 import pytest
 
-from molvae import report, runs
-from molvae.metrics import basic_metrics
+from molvae.evaluation import report
+from molvae.evaluation import run as run_eval
+from molvae.evaluation.metrics import basic_metrics
+from molvae.store import folder, names
 
 FIGURES = (
     "samples_grid.png",
@@ -37,14 +39,14 @@ def _assert_png(path):
 
 @pytest.mark.filterwarnings("ignore:Can't compute unique")  # 23 molecules < 1000
 def test_report_renders_all_figures_and_tables(run_copy):
-    train = runs.train_smiles_of_run(run_copy)
+    train = folder.train_smiles_of_run(run_copy)
     smiles = train[:20] + DRUGS + [""]  # 23 valid (3 novel), 1 failed decode
-    runs.write_samples(run_copy, smiles)
+    folder.write_samples(run_copy, smiles)
     scores = basic_metrics(smiles, train, n_jobs=1)
     assert scores["valid"] == pytest.approx(23 / 24)
     meta = {"n_samples": len(smiles), "reference": "moses_sample"}
-    runs.write_json_atomic(run_copy / runs.EVAL_JSON, meta | scores)
-    runs.test_likelihood(run_copy, n=30, k=4)
+    folder.write_json_atomic(run_copy / names.EVAL_JSON, meta | scores)
+    run_eval.test_likelihood(run_copy, n=30, k=4)
 
     path = report.write_report(run_copy, n_grid=12, n_latent=300)
 
@@ -80,7 +82,7 @@ def test_report_skips_missing_inputs_with_a_note(run_copy):
 def test_report_of_a_bare_folder_does_not_fail(tmp_path):
     # Only training records: no run.json (so no model, no data), no samples, no metrics.
     recs = [{"step": s, "loss": 10.0 / s, "recon": 9.0 / s, "kl": 1.0, "beta": 0.1} for s in (1, 2)]
-    (tmp_path / runs.METRICS_JSONL).write_text("".join(json.dumps(r) + "\n" for r in recs))
+    (tmp_path / names.METRICS_JSONL).write_text("".join(json.dumps(r) + "\n" for r in recs))
     text = report.write_report(tmp_path).read_text(encoding="utf-8")
     assert text.count("Skipped: RunFolderError") == 2  # latent space, reconstructions
     assert "No validation records yet" in text

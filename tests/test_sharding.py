@@ -69,7 +69,7 @@ class _NoLogger:
 
 
 def worker(mode: str, out: str, run_dir: str) -> None:
-    """train: molvae.train.train for one step; fsdp: one step with sharded vs replicated state."""
+    """train: molvae.training.train, one step; fsdp: one step, sharded vs replicated state."""
     from molvae import distributed
 
     multi = distributed.initialize()  # from JAX_COORDINATOR_ADDRESS etc. in the 2-process test
@@ -77,7 +77,7 @@ def worker(mode: str, out: str, run_dir: str) -> None:
 
     from molvae.loggers import JsonlLogger
     from molvae.models.vae import ModelConfig
-    from molvae.train import TrainConfig, train
+    from molvae.training import TrainConfig, train
 
     vocab, (tokens, lengths) = _arrays()
     mcfg = ModelConfig(vocab_size=len(vocab), **MODEL)
@@ -119,7 +119,7 @@ def _fsdp(mcfg, cfg, tokens, lengths, out: str) -> None:
 
     from molvae.distributed import state_sharding
     from molvae.models.vae import VAE
-    from molvae.train import make_train_step, make_tx
+    from molvae.training import make_train_step, make_tx
 
     mesh = Mesh(np.array(jax.devices()), ("data",))
     data = NamedSharding(mesh, P("data"))
@@ -217,7 +217,7 @@ def _fresh_params() -> dict[str, np.ndarray]:
     from flax import nnx
 
     from molvae.models.vae import VAE, ModelConfig
-    from molvae.train import TrainConfig
+    from molvae.training import TrainConfig
 
     vocab, _ = _arrays()
     seed = TrainConfig(**TRAIN).seed

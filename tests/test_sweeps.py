@@ -21,6 +21,8 @@ sys.path.insert(0, str(ROOT / "experiments"))
 
 import collect  # noqa: E402
 
+from molvae.store import names  # noqa: E402
+
 # The smoke config cut to 2 steps with one evaluation: seconds per job.
 FAST = [
     "experiment=smoke",
@@ -309,14 +311,13 @@ def test_collect_reads_every_kind_of_job_folder(tmp_path):
 
 
 def test_collect_file_names_match_the_run_folder_contract():
-    from molvae import runs
 
     assert (collect.METRICS_JSONL, collect.EVAL_JSON, collect.RUN_JSON) == (
-        runs.METRICS_JSONL,
-        runs.EVAL_JSON,
-        runs.RUN_JSON,
+        names.METRICS_JSONL,
+        names.EVAL_JSON,
+        names.RUN_JSON,
     )
-    assert collect.LIKELIHOOD_JSON == runs.LIKELIHOOD_JSON
+    assert collect.LIKELIHOOD_JSON == names.LIKELIHOOD_JSON
 
 
 def test_collect_reads_the_held_out_likelihood(tmp_path):

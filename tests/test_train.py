@@ -12,7 +12,8 @@ from flax import nnx
 from molvae import chem
 from molvae.loggers import JsonlLogger
 from molvae.models.vae import ModelConfig
-from molvae.train import NonFiniteLossError, TrainConfig, train
+from molvae.store import folder
+from molvae.training import NonFiniteLossError, TrainConfig, train
 from molvae.vocab import Vocab
 
 
@@ -150,7 +151,7 @@ def test_cpu_budget_stops_with_a_checkpoint_and_a_resume_extends_it(arrays, tmp_
 
 
 def test_batches_cover_each_epoch_once_and_group_lengths():
-    from molvae.train import Batches
+    from molvae.training import Batches
 
     rng = np.random.default_rng(0)
     lengths = rng.integers(5, 60, 1000).astype(np.int32)
@@ -168,7 +169,6 @@ def test_batches_cover_each_epoch_once_and_group_lengths():
 
 def test_load_returns_the_trained_parameters(arrays, tmp_path):
     import molvae
-    from molvae import runs
 
     vocab, (tokens, lengths) = arrays
     mcfg = ModelConfig(vocab_size=len(vocab), **MODEL)
@@ -180,7 +180,7 @@ def test_load_returns_the_trained_parameters(arrays, tmp_path):
         tmp_path,
         JsonlLogger(tmp_path / "metrics.jsonl"),
     )
-    runs.write_run_info(tmp_path, mcfg, vocab, 40, {})
+    folder.write_run_info(tmp_path, mcfg, vocab, 40, {})
     loaded = molvae.load(tmp_path).model
     fresh = molvae.api.build_model(mcfg)
     for x, y in zip(_params(res.model), _params(loaded), strict=True):
@@ -203,7 +203,7 @@ def props():
 
 
 def test_joint_training_resumes_exactly_and_saves_the_predictor(arrays, props, tmp_path):
-    from molvae.optimize import load_predictor
+    from molvae.design import load_predictor
 
     vocab, (tokens, lengths) = arrays
     mcfg = ModelConfig(vocab_size=len(vocab), **MODEL)
@@ -275,7 +275,7 @@ def test_data_report_lists_unknown_symbols_and_a_rerun_reports_its_final_metrics
     import selfies as sf
 
     from molvae import data
-    from molvae.train import train_and_evaluate
+    from molvae.training import train_and_evaluate
 
     # Each halogen, sulfur and silicon molecule holds a symbol of its own: those that land in
     # the test split cannot be encoded with the training vocabulary.
@@ -303,7 +303,7 @@ def test_data_report_lists_unknown_symbols_and_a_rerun_reports_its_final_metrics
     assert all(rows[line - 2] == s or chem.canonical(rows[line - 2]) == s for line, s in lost)
 
     caplog.clear()
-    with caplog.at_level("INFO", logger="molvae.train"):
+    with caplog.at_level("INFO", logger="molvae.training.loop"):
         again = train_and_evaluate(dcfg, ModelConfig(**MODEL), tcfg, run, log)
     assert "run already complete at step 2 (train.steps=2); final validation:" in caplog.text
     assert "trained to step" not in caplog.text

@@ -1,0 +1,1 @@
+"""Networks only: the GRU and Transformer decoders, the VAE, the property predictor, losses."""

@@ -178,7 +178,7 @@ class VAE(nnx.Module):
         """Decode z (B, Z) autoregressively to ids (B, max_len + 1); pad (0) after eos (2).
 
         Each row draws from its own key (split from `key`), so a row's molecule does not depend
-        on the other rows: the compacting decoder in molvae.sample gives the same ids."""
+        on the other rows: the decoding engine (molvae.inference.engine) gives the same ids."""
         B = z.shape[0]
         zin, hs = self.decoder.initial_state(z, max_len + 1)
         bos = jnp.full((B,), 1, jnp.int32)

@@ -9,30 +9,67 @@ improvement over the successes.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
 from molvae import chem
+from molvae.design.gradient import ascend
+from molvae.design.objectives import Objective, make_objective
+from molvae.design.oracle import Oracle
+from molvae.design.predictor import encode_valid, fit_run_predictor, target_index
+from molvae.design.registry import method_config, register
 from molvae.models.predictor import Predictor
-from molvae.optimize.gradient import ascend
-from molvae.optimize.objectives import Objective, make_objective
-from molvae.optimize.oracle import Oracle
-from molvae.optimize.predictor import (
-    encode_valid,
-    fit_run_predictor,
-    load_predictor,
-    predictor_info,
-)
+from molvae.store.params import load_predictor, predictor_info
 
 if TYPE_CHECKING:
     from molvae.api import MolVAE
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ConstrainedConfig:
+    """Settings of the constrained task (`optimize=constrained`; `method_config("constrained",
+    **these)`). n_molecules and prop choose the starting set (`lowest`, as the script does);
+    the rest drive `constrained_optimize`."""
+
+    n_molecules: int = 800  # starting molecules: the n with the lowest `prop`
+    prop: str = "plogp"
+    deltas: tuple[float, ...] = (0.4, 0.6)  # similarity thresholds, each in [0, 1]
+    steps: int = 80  # Adam steps on the predictor from each start
+    lr: float = 0.02
+    snapshots: int = 20  # points decoded along each path (<= steps)
+
+    def __post_init__(self) -> None:
+        for key in ("n_molecules", "steps", "snapshots"):
+            v = getattr(self, key)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"optimize.{key} must be a positive integer, got {v!r}")
+        if self.snapshots > self.steps:
+            raise ValueError(
+                f"optimize.snapshots ({self.snapshots}) must be <= optimize.steps ({self.steps})"
+            )
+        if isinstance(self.lr, bool) or not isinstance(self.lr, int | float) or not self.lr > 0:
+            raise ValueError(f"optimize.lr must be a positive number, got {self.lr!r}")
+        deltas = self.deltas
+        ok = isinstance(deltas, tuple) and len(deltas) > 0
+        ok = ok and all(isinstance(d, int | float) and not isinstance(d, bool) for d in deltas)
+        if not ok or not all(0 <= d <= 1 for d in deltas):
+            raise ValueError(
+                f"optimize.deltas must be a non-empty list of similarities in [0, 1], got "
+                f"{deltas!r}"
+            )
+        if self.prop not in chem.PROPERTIES:
+            raise ValueError(
+                f"optimize.prop must be one of {sorted(chem.PROPERTIES)}, got {self.prop!r}"
+            )
 
 
 def lowest(smiles: Sequence[str], n: int = 800, prop: str = "plogp") -> list[str]:
@@ -52,35 +89,47 @@ def run_predictor(model: MolVAE, prop: str) -> tuple[Predictor, int]:
     return pred, 0
 
 
+@register("constrained", ConstrainedConfig, search=False)
 def constrained_optimize(
     model: MolVAE,
     smiles: Sequence[str],
+    cfg: ConstrainedConfig | None = None,
+    *,
     objective: str | Objective = "plogp",
-    deltas: Sequence[float] = (0.4, 0.6),
     predictor: Predictor | None = None,
-    target: int = 0,
-    steps: int = 80,
-    lr: float = 0.02,
-    snapshots: int = 20,
     progress: bool = True,
+    **options: Any,
 ) -> tuple[pd.DataFrame, dict]:
-    """Improve each molecule within similarity `delta`, for every delta in `deltas`.
+    """Improve each molecule within similarity `delta`, for every delta in cfg.deltas.
+
+    cfg: the settings, or None to build them from `options` (fields of ConstrainedConfig, e.g.
+    deltas=(0.4,), steps=80; an unknown name is a TypeError). The objective's quantity is
+    followed along its sign (`sa`: the predicted SA descends) with `predictor`, whose targets
+    must include the objective's name; without one, the run folder's saved predictor or one
+    fitted on the run's training molecules (objectives of a single RDKit property only).
 
     Returns one row per (molecule, delta): start, start_score, best, best_score, similarity,
     improvement (0 where no similar molecule improves), success; and a summary per delta:
     success rate, mean +- std improvement over successes, and over all molecules.
     """
+    if cfg is None:
+        cfg = method_config("constrained", **options)
+    elif options:
+        raise TypeError(f"pass either cfg or options, not both (got {sorted(options)})")
     obj = make_objective(objective)
-    if predictor is None:
-        if not obj.properties or len(obj.properties) != 1:
-            raise ValueError("pass a predictor for objectives other than a single RDKit property")
+    if predictor is not None:
+        target = target_index(predictor, obj.name)
+    elif len(obj.properties) == 1:
         predictor, target = run_predictor(model, obj.properties[0])
+    else:
+        raise ValueError("pass a predictor for objectives other than a single RDKit property")
     mu, _, keep = encode_valid(model, smiles)
     starts = [smiles[i] for i in keep]
     oracle = Oracle(obj, budget=2**62)
     start_scores = oracle(starts, source="start")
-    sign = -1.0 if obj.name.startswith("-") else 1.0  # "-sa": descend the predicted SA
-    path = ascend(predictor, mu, target, steps, sign * lr, snapshots=snapshots)  # (S, n, Z)
+    path = ascend(
+        predictor, mu, target, cfg.steps, cfg.lr, snapshots=cfg.snapshots, sign=obj.sign
+    )  # (S, n, Z)
     found = [model.decode(p) for p in tqdm(path, desc="decode", disable=not progress)]
     cands = [[f[i] for f in found] for i in range(len(starts))]  # per molecule, (S,)
     rows = []
@@ -89,11 +138,17 @@ def constrained_optimize(
         sc = oracle(c, source="candidate")
         sim = chem.tanimoto(chem.fingerprints(c), fps_start[i : i + 1])[:, 0]
         sim = np.where([bool(x) for x in c], sim, 0.0)
-        for delta in deltas:
+        for delta in cfg.deltas:
             rows.append(_best(s, start_scores[i], c, sc, sim, delta))
     table = pd.DataFrame(rows)
-    summary = {"n": len(starts), "oracle_calls": oracle.n_calls, "objective": obj.name}
-    summary["deltas"] = {str(d): _summary(table[table["delta"] == d]) for d in deltas}
+    summary = {
+        "n": len(starts),
+        "oracle_calls": oracle.n_calls,
+        "objective": obj.name,
+        "direction": obj.direction,
+        "config": dataclasses.asdict(cfg),
+    }
+    summary["deltas"] = {str(d): _summary(table[table["delta"] == d]) for d in cfg.deltas}
     return table, summary
 
 

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm.auto import tqdm
 
-from molvae.optimize.oracle import Oracle
-from molvae.optimize.predictor import encode_valid
+from molvae.design.oracle import Oracle
+from molvae.design.predictor import encode_valid
 
 if TYPE_CHECKING:
     from molvae.api import MolVAE

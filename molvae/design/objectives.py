@@ -1,14 +1,19 @@
 """Objectives: built-in molecular scores, user callables, weighted sums and constraints.
 
 Every objective maps a list of SMILES to one float per SMILES, higher is better, nan for a
-molecule it cannot score. Built-ins (all RDKit, as `molvae.chem` computes them):
+molecule it cannot score. `Objective.sign` says how the score relates to the quantity the
+objective is named after: +1 the score is that quantity (maximised), -1 its negative (the
+quantity is minimised; `direction` is then "minimize").
+
+Built-ins (all RDKit, as `molvae.chem` computes them):
 
   qed          QED (Bickerton et al. 2012), 0..1
   logp         Wildman-Crippen logP
   plogp        penalized logP = logP - SA - ring penalty (unnormalised; GCPN, LIMO)
   plogp_zinc   penalized logP with each term standardised on ZINC250k (JT-VAE's definition);
                alias plogp_zinc_norm
-  sa           *minus* the synthetic accessibility score (SA is minimised; -SA is maximised)
+  sa           *minus* the synthetic accessibility score: SA is minimised, so the objective is
+               named "sa" with sign -1 and its score is -SA (higher is better, as always)
   weight       molecular weight (maximised; usually you want weight_target)
   weight_target  exp(-((MW - target) / width)^2 / 2): 1 at the target weight (default 350 Da)
   similarity   Tanimoto similarity (Morgan r=2, 1024 bits) to the `target` SMILES
@@ -16,7 +21,6 @@ molecule it cannot score. Built-ins (all RDKit, as `molvae.chem` computes them):
 
 from __future__ import annotations
 
-import math
 import operator
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -42,12 +46,24 @@ class Objective:
     """A named scoring function list[str] -> np.ndarray (higher is better, nan = unscored).
 
     `properties` names RDKit properties the objective is a function of (for predictors that
-    can be pretrained on a dataset's labels); empty for black-box callables.
+    can be pretrained on a dataset's labels); empty for black-box callables. `sign` is +1 when
+    the score is the quantity `name` (maximised) and -1 when it is minus that quantity (`name`
+    is minimised: `sa` scores -SA); a predictor of `name` is followed along sign * gradient.
     """
 
     fn: ScoreFn
     name: str
     properties: tuple[str, ...] = ()
+    sign: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.sign not in (1.0, -1.0):
+            raise ObjectiveError(f"objective {self.name!r}: sign must be +1 or -1, got {self.sign}")
+
+    @property
+    def direction(self) -> str:
+        """Whether the search maximizes or minimizes the quantity `name`."""
+        return "maximize" if self.sign > 0 else "minimize"
 
     def __call__(self, smiles: Sequence[str]) -> np.ndarray:
         return np.asarray(self.fn(list(smiles)), dtype=float)
@@ -64,12 +80,11 @@ def _property(name: str, sign: float) -> ScoreFn:
 
 
 def property_objective(name: str) -> Objective:
-    """One RDKit property as an objective; `sa` is negated so that higher is better."""
+    """One RDKit property as an objective: `sa` has sign -1 and scores -SA (higher is better)."""
     name = ALIASES.get(name, name)
     if name not in _SIGN:
         raise ObjectiveError(f"objective.name: unknown property {name!r}; known: {sorted(_SIGN)}")
-    label = name if _SIGN[name] > 0 else f"-{name}"
-    return Objective(_property(name, _SIGN[name]), label, (name,))
+    return Objective(_property(name, _SIGN[name]), name, (name,), _SIGN[name])
 
 
 def weight_target(target: float = 350.0, width: float = 50.0) -> Objective:
@@ -97,7 +112,10 @@ def similarity(target: str) -> Objective:
 
 
 def weighted_sum(terms: Mapping[str | Objective, float] | Sequence[tuple]) -> Objective:
-    """sum_i w_i * objective_i; a term may be a built-in name or an Objective."""
+    """sum_i w_i * objective_i; a term may be a built-in name or an Objective.
+
+    The name is the formula in the terms' quantities: {"qed": 1, "sa": 0.5} is
+    "1*qed - 0.5*sa" (the score of `sa` is -SA)."""
     items = list(terms.items()) if isinstance(terms, Mapping) else [tuple(t) for t in terms]
     if not items:
         raise ObjectiveError("objective.terms must map at least one objective to a weight")
@@ -106,7 +124,11 @@ def weighted_sum(terms: Mapping[str | Objective, float] | Sequence[tuple]) -> Ob
     def score(smiles: list[str]) -> np.ndarray:
         return sum(w * o(smiles) for o, w in parts)
 
-    name = " + ".join(f"{w:g}*{o.name}" for o, w in parts)
+    name = ""
+    for o, w in parts:
+        c = w * o.sign  # coefficient of the quantity o.name
+        name += ("-" if c < 0 else "") if not name else (" - " if c < 0 else " + ")
+        name += f"{abs(c):g}*{o.name}"
     props = tuple(dict.fromkeys(p for o, _ in parts for p in o.properties))
     return Objective(score, name, props)
 
@@ -163,18 +185,7 @@ def constrained(
         return base(smiles) - penalty * excess
 
     name = f"{base.name} s.t. " + " and ".join(map(str, cons))
-    return Objective(score, name, tuple(dict.fromkeys((*base.properties, *props))))
-
-
-def feasible(smiles: Sequence[str], constraints: Sequence[str | Constraint]) -> np.ndarray:
-    """Boolean mask: which molecules satisfy every constraint (False for invalid ones)."""
-    cons = [c if isinstance(c, Constraint) else Constraint.parse(c) for c in constraints]
-    table = chem.properties(list(smiles), tuple({c.prop for c in cons}))
-    ok = np.ones(len(smiles), bool)
-    for c in cons:
-        v = table[c.prop].to_numpy()
-        ok &= np.isfinite(v) & _OPS[c.op](np.nan_to_num(v, nan=math.inf), c.bound)
-    return ok
+    return Objective(score, name, tuple(dict.fromkeys((*base.properties, *props))), base.sign)
 
 
 # ----------------------------------------------------------------------------- dispatch

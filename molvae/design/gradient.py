@@ -9,6 +9,7 @@ where the decoder is reliable; decode points along each path and score the most 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING
@@ -19,13 +20,14 @@ import numpy as np
 import optax
 from flax import nnx
 
+from molvae.design.predictor import FitConfig, predict, target_index, train_predictor
+from molvae.design.registry import register
+from molvae.design.search import Loop, initial_design
 from molvae.models.predictor import Predictor
-from molvae.optimize.predictor import FitConfig, predict, train_predictor
-from molvae.optimize.search import Loop, initial_design
 
 if TYPE_CHECKING:
     from molvae.api import MolVAE
-    from molvae.optimize.oracle import Oracle
+    from molvae.design.oracle import Oracle
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +57,11 @@ class GradientConfig:
 
 
 @partial(jax.jit, static_argnames=("graphdef", "steps", "snapshots"))
-def _ascend(graphdef, state, z0, target, lr, prior_weight, radius, ucb, *, steps, snapshots):
+def _ascend(graphdef, state, z0, target, sign, lr, prior_weight, radius, ucb, *, steps, snapshots):
     pred = nnx.merge(graphdef, state)
 
     def value(z):  # one latent (Z,) -> scalar, in standardised target units
-        out = pred(z[None])[:, 0, target]  # (M,)
+        out = sign * pred(z[None])[:, 0, target]  # (M,)
         return out.mean() + ucb * out.std() - 0.5 * prior_weight * jnp.sum(jnp.square(z))
 
     grad = jax.vmap(jax.grad(value))
@@ -88,8 +90,10 @@ def ascend(
     radius: float = np.inf,
     ucb: float = 0.0,
     snapshots: int = 1,
+    sign: float = 1.0,
 ) -> np.ndarray:
-    """Gradient ascent of predictor output `target` from every row of z0 (n, Z) at once.
+    """Gradient ascent of sign * predictor output `target` from every row of z0 (n, Z) at once
+    (sign -1: descent, for a minimised quantity such as SA).
 
     Returns the latents at `snapshots` evenly spaced steps, (snapshots, n, Z); the last is
     the end point.
@@ -101,6 +105,7 @@ def ascend(
             state,
             jnp.asarray(z0, jnp.float32),
             jnp.int32(target),
+            jnp.float32(sign),
             jnp.float32(lr),
             jnp.float32(prior_weight),
             jnp.float32(radius),
@@ -118,21 +123,27 @@ def _starts(loop: Loop, n: int, rng: np.random.Generator) -> np.ndarray:
     return np.concatenate([best + noise, prior])
 
 
+@register("gradient", GradientConfig)
 def run_gradient(
     model: MolVAE,
     oracle: Oracle,
     cfg: GradientConfig,
+    *,
     seed: int = 0,
+    init_smiles: Sequence[str] | None = None,
     predictor: Predictor | None = None,
-    target: int = 0,
-    init_smiles: list[str] | None = None,
     progress: bool = True,
-) -> Loop:
-    """Spend the oracle's budget by predictor-guided gradient ascent; returns the loop record.
+) -> None:
+    """Spend the oracle's budget by predictor-guided gradient ascent.
 
-    A given `predictor` (e.g. trained on the run's dataset labels) guides the first round and,
-    with cfg.refit, is replaced by one fitted on the scored molecules from then on.
+    A given `predictor` must predict the objective's quantity (a target named like the
+    objective, followed along the objective's sign); it guides the first round and, with
+    cfg.refit, is replaced by one fitted on the scored molecules from then on.
     """
+    obj = oracle.objective
+    target, sign = 0, 1.0
+    if predictor is not None:
+        target, sign = target_index(predictor, obj.name), obj.sign
     loop = Loop(model, oracle, cfg.patience, progress, "gradient")
     rng = np.random.default_rng([seed, 1])
     n_init = cfg.n_init or max(oracle.budget // 10, 16)
@@ -143,7 +154,8 @@ def run_gradient(
         z_seen, y_seen = loop.evals.arrays()
         if (cfg.refit or predictor is None) and len(y_seen) >= 2:
             fit = FitConfig(**{**fit.__dict__, "seed": seed * 1000 + loop.round})
-            predictor, target = train_predictor(z_seen, y_seen[:, None], ["score"], None, fit), 0
+            predictor = train_predictor(z_seen, y_seen[:, None], ["score"], None, fit)
+            target, sign = 0, 1.0  # it predicts the score itself
         if predictor is None:  # too few scores to learn from: explore the prior
             loop.evaluate(rng.standard_normal((cfg.n_starts, model.latent_dim)), "prior")
             continue
@@ -158,8 +170,8 @@ def run_gradient(
             cfg.radius,
             cfg.ucb,
             cfg.snapshots,
+            sign,
         ).reshape(-1, model.latent_dim)
-        order = np.argsort(-predict(predictor, path)[0][:, target], kind="stable")
+        order = np.argsort(-sign * predict(predictor, path)[0][:, target], kind="stable")
         loop.evaluate(path[order], "gradient")
     loop.close()
-    return loop

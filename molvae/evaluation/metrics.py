@@ -32,11 +32,11 @@ log = logging.getLogger(__name__)
 
 # Keys and order of moses.get_all_metrics (unique@k follows `k`).
 TEST_METRICS = ("FCD", "SNN", "Frag", "Scaf")
-PROPERTIES = {"logP": chem.logp, "SA": chem.sa, "QED": chem.qed, "weight": chem.weight}
+MOSES_PROPERTIES = {"logP": chem.logp, "SA": chem.sa, "QED": chem.qed, "weight": chem.weight}
 SPLITS = ("train", "test", "test_scaffolds")
 STATS_VERSION = 1  # bump when reference statistics change: it is part of the cache key
 _FILTER_ATOMS = frozenset({"C", "N", "S", "O", "F", "Cl", "Br", "H"})
-_FILTER_DIR = Path(__file__).parent / "assets" / "filters"
+_FILTER_DIR = Path(__file__).parents[1] / "assets" / "filters"
 _CHUNK = 50_000  # molecules per process-pool call, so long reference builds log progress
 _BLOCKS = (2048, 8192)  # Tanimoto blocks: sample rows x reference rows, 64 MB of float32
 _SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".smi", ".smi.gz", ".txt", ".txt.gz")
@@ -115,7 +115,7 @@ def _describe(args: tuple[str, str]) -> _Row | None:
             fp,
             chem.brics_fragments(mol),
             chem.murcko_scaffold(mol),
-            tuple(f(mol) for f in PROPERTIES.values()),
+            tuple(f(mol) for f in MOSES_PROPERTIES.values()),
             passes_filters(mol) if mode == "sample" else None,
             Chem.MolToSmiles(mol),  # fcd_torch canonicalizes its input once more
         )
@@ -178,8 +178,10 @@ def _counter(s: _Set, field: str) -> Counter:
 
 
 def _props(s: _Set) -> dict[str, np.ndarray]:
-    table = np.array([r.props for r in s.rows], np.float64).reshape(len(s.rows), len(PROPERTIES))
-    return {name: table[:, i] for i, name in enumerate(PROPERTIES)}
+    table = np.array([r.props for r in s.rows], np.float64).reshape(
+        len(s.rows), len(MOSES_PROPERTIES)
+    )
+    return {name: table[:, i] for i, name in enumerate(MOSES_PROPERTIES)}
 
 
 # ----------------------------------------------------------------------------- similarity
@@ -332,7 +334,7 @@ def _cache_key(files: dict[str, Path], shipped: bool = False) -> str:
 
 
 def _split_stats(smiles: list[str], n_jobs: int | None) -> SplitStats:
-    from molvae import chemnet
+    from molvae.evaluation import chemnet  # lazily: spawned RDKit workers import this module
 
     s = _describe_all(smiles, "reference", n_jobs)
     n_invalid = sum(c is None for c in s.canonical)
@@ -388,7 +390,7 @@ def _load(folder: Path) -> ReferenceStats:
         if not (folder / f"{name}.npz").exists():
             continue
         with np.load(folder / f"{name}.npz", allow_pickle=False) as z:
-            props = {k: z[f"prop_{k}"] for k in PROPERTIES}
+            props = {k: z[f"prop_{k}"] for k in MOSES_PROPERTIES}
             fps, mu, sigma = z["fps"], z["mu"], z["sigma"]
         counts = json.loads((folder / f"{name}.json").read_text())
         n = counts["n"]
@@ -481,7 +483,7 @@ def _shipped_split(raw: dict, path: Path) -> SplitStats:
         fps = np.asarray(raw["SNN"]["fps"])
         mu = np.asarray(raw["FCD"]["mu"], np.float64)
         sigma = np.asarray(raw["FCD"]["sigma"], np.float64)
-        props = {k: np.asarray(raw[k]["values"], np.float64) for k in PROPERTIES}
+        props = {k: np.asarray(raw[k]["values"], np.float64) for k in MOSES_PROPERTIES}
         frag, scaf = raw["Frag"]["frag"], raw["Scaf"]["scaf"]
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{path}: not MOSES statistics ({e!r})") from e
@@ -596,7 +598,7 @@ def _basic(s: _Set, k: Sequence[int] | int, train: frozenset[str] | None) -> dic
 
 
 def _fcd(gen_stats: tuple[np.ndarray, np.ndarray] | None, ref: SplitStats) -> float:
-    from molvae import chemnet
+    from molvae.evaluation import chemnet  # lazily: spawned RDKit workers import this module
 
     if gen_stats is None:
         return math.nan
@@ -613,7 +615,7 @@ def _vs_split(s: _Set, gen_stats, ref: SplitStats) -> dict[str, float]:
 
 
 def _chemnet_stats(s: _Set) -> tuple[np.ndarray, np.ndarray] | None:
-    from molvae import chemnet
+    from molvae.evaluation import chemnet  # lazily: spawned RDKit workers import this module
 
     if s.counts.sum() < 2:
         warnings.warn(

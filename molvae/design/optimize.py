@@ -13,19 +13,19 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from molvae import chem
+from molvae.design import bo, gradient  # noqa: F401 - they register "bo" and "gradient"
+from molvae.design import plots as report
+from molvae.design.objectives import Objective, ScoreFn, make_objective
+from molvae.design.oracle import Oracle
+from molvae.design.registry import METHODS, get, method_config
 from molvae.models.predictor import Predictor
-from molvae.optimize import report
-from molvae.optimize.bo import BOConfig, run_bo
-from molvae.optimize.gradient import GradientConfig, run_gradient
-from molvae.optimize.objectives import Objective, ScoreFn, make_objective
-from molvae.optimize.oracle import Oracle
 
 if TYPE_CHECKING:
     from molvae.api import MolVAE
 
+__all__ = ["METHODS", "OptimizeResult", "method_config", "optimize"]
+
 log = logging.getLogger(__name__)
-METHODS = {"gradient": GradientConfig, "bo": BOConfig}
-PROPERTY_COLUMNS = ("qed", "logp", "sa", "weight", "plogp")
 
 
 @dataclass
@@ -40,6 +40,7 @@ class OptimizeResult:
     counts: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     config: dict[str, Any] = field(default_factory=dict)
+    direction: str = "maximize"  # or "minimize": the objective's quantity (score = -quantity)
 
     def top(self, k: int = 10, properties: bool = True) -> pd.DataFrame:
         """The k best distinct molecules: smiles, score, call (+ RDKit properties)."""
@@ -47,7 +48,9 @@ class OptimizeResult:
         top = scored.nlargest(k, "score", keep="first")[["smiles", "score", "call"]]
         top = top.reset_index(drop=True)
         if properties and len(top):
-            top = pd.concat([top, chem.properties(list(top["smiles"]), PROPERTY_COLUMNS)], axis=1)
+            top = pd.concat(
+                [top, chem.properties(list(top["smiles"]), chem.TABLE_PROPERTIES)], axis=1
+            )
         return top
 
     def curve(self, k: int = 10) -> pd.DataFrame:
@@ -62,6 +65,7 @@ class OptimizeResult:
         top = self.top(10, properties=False)["score"].tolist()
         return {
             "objective": self.objective,
+            "direction": self.direction,
             "method": self.method,
             "budget": self.budget,
             "seed": self.seed,
@@ -74,20 +78,6 @@ class OptimizeResult:
             "seconds": round(self.seconds, 2),
             "config": self.config,
         }
-
-
-def method_config(method: str, **options: Any) -> GradientConfig | BOConfig:
-    """The settings dataclass of `method`; unknown option names are a TypeError naming them."""
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
-    cls = METHODS[method]
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise TypeError(
-            f"unknown option(s) {unknown} for method {method!r}; known: {sorted(known)}"
-        )
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})
 
 
 def optimize(
@@ -105,28 +95,28 @@ def optimize(
 ) -> OptimizeResult:
     """Search the model's latent space for molecules that maximise `objective`.
 
-    objective: a built-in name ("qed", "plogp", "plogp_zinc", "logp", "sa" (= -SA), ...), an
+    objective: a built-in name ("qed", "plogp", "plogp_zinc", "logp", "sa" (scores -SA), ...), an
       Objective, or any callable list[str] -> list[float] (nan where it cannot score).
-    method: "gradient" (ascent through a predictor fitted on the scored molecules) or "bo"
-      (GP Bayesian optimization, trust region by default). `options` are the fields of
-      GradientConfig / BOConfig, e.g. batch_size=20, acquisition="ei", trust_region=False.
+    method: a registered search (`molvae.design.registry.METHODS`): "gradient" (ascent through
+      a predictor fitted on the scored molecules) or "bo" (GP Bayesian optimization, trust
+      region by default). `options` are the fields of its settings dataclass (GradientConfig /
+      BOConfig), e.g. batch_size=20, acquisition="ei", trust_region=False; an unknown one is a
+      TypeError naming it, an unknown method a ValueError listing the registered searches.
     budget: distinct valid molecules the objective may see (repeats are free, invalid never
       charged). history_path: CSV written as calls are made; rerunning with the same path
       resumes without paying again (the search replays deterministically from the cache).
     init_smiles: molecules to score first (charged). predictor: a pretrained predictor whose
-      targets include the objective's name, used for the first gradient round.
+      targets include the objective's name (followed along the objective's sign: "sa" descends
+      the predicted SA), used for the first gradient round; bo does not use it.
     """
+    run = get(method, search=True).run
     cfg = method_config(method, **options)
     obj = make_objective(objective)
     oracle = Oracle(obj, budget, path=history_path)
     t0 = time.perf_counter()
     log.info("optimizing %s by %s, budget %d, seed %d", obj.name, method, budget, seed)
     init = list(init_smiles) if init_smiles else None
-    if method == "gradient":
-        target = _target_of(predictor, obj) if predictor is not None else 0
-        run_gradient(model, oracle, cfg, seed, predictor, target, init, progress)
-    else:
-        run_bo(model, oracle, cfg, seed, init, progress)
+    run(model, oracle, cfg, seed=seed, init_smiles=init, predictor=predictor, progress=progress)
     result = OptimizeResult(
         history=oracle.history,
         objective=obj.name,
@@ -136,6 +126,7 @@ def optimize(
         counts=dict(oracle.counts),
         seconds=time.perf_counter() - t0,
         config=dataclasses.asdict(cfg),
+        direction=obj.direction,
     )
     s = result.summary()
     log.info(
@@ -150,13 +141,3 @@ def optimize(
         dict(oracle.counts),
     )
     return result
-
-
-def _target_of(predictor: Predictor, obj: Objective) -> int:
-    targets = list(predictor.cfg.targets)
-    if obj.name not in targets:
-        raise ValueError(
-            f"the predictor predicts {targets}, not the objective {obj.name!r}; pass no "
-            "predictor to fit one on the scored molecules"
-        )
-    return targets.index(obj.name)

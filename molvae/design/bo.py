@@ -1,6 +1,6 @@
 """Bayesian optimization in the latent space: GP surrogate, batch TS or EI, TuRBO trust region.
 
-Each round fits an ARD Matérn-5/2 GP (molvae.optimize.gp) on the scored latents (the best and
+Each round fits an ARD Matérn-5/2 GP (molvae.design.gp) on the scored latents (the best and
 the most recent `max_points`), draws candidates - inside a trust region around the best latent
 (TuRBO, Eriksson et al. 2019; as LOL-BO, Maus et al. 2022, uses it on VAE latents) or from the
 prior - and picks a batch by Thompson sampling (one joint posterior draw per batch slot) or by
@@ -14,17 +14,20 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from molvae.optimize.gp import GP
-from molvae.optimize.search import Loop, initial_design
+from molvae.design.gp import GP
+from molvae.design.registry import register
+from molvae.design.search import Loop, initial_design
 
 if TYPE_CHECKING:
     from molvae.api import MolVAE
-    from molvae.optimize.oracle import Oracle
+    from molvae.design.oracle import Oracle
+    from molvae.models.predictor import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -154,15 +157,21 @@ def propose(
     return _ei(gp, cand, q, float(y.max()))
 
 
+@register("bo", BOConfig)
 def run_bo(
     model: MolVAE,
     oracle: Oracle,
     cfg: BOConfig,
+    *,
     seed: int = 0,
-    init_smiles: list[str] | None = None,
+    init_smiles: Sequence[str] | None = None,
+    predictor: Predictor | None = None,
     progress: bool = True,
-) -> Loop:
-    """Spend the oracle's budget by batch Bayesian optimization; returns the loop record."""
+) -> None:
+    """Spend the oracle's budget by batch Bayesian optimization (`predictor` is not used: the
+    GP is the surrogate)."""
+    if predictor is not None:
+        log.warning("method bo does not use a predictor; the one given is ignored")
     loop = Loop(model, oracle, cfg.patience, progress, "bo")
     rng = np.random.default_rng([seed, 2])
     initial_design(loop, cfg.n_init or max(oracle.budget // 10, 16), seed, init_smiles)
@@ -192,4 +201,3 @@ def run_bo(
             best = np.nanmax(scores) if np.isfinite(scores).any() else -np.inf
             tr.update(best > y.max() + 1e-3 * abs(y.max()), oracle.n_calls - before)
     loop.close()
-    return loop

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import jax
@@ -19,14 +17,16 @@ import optax
 import pandas as pd
 from flax import nnx
 
-from molvae import chem, runs
+from molvae import chem
 from molvae.models.predictor import Predictor, PredictorConfig, property_loss
+from molvae.store.folder import train_split_of_run
+from molvae.store.params import save_predictor
+from molvae.training.joint import regression_metrics
 
 if TYPE_CHECKING:
     from molvae.api import MolVAE
 
 log = logging.getLogger(__name__)
-FORMAT = "molvae-predictor-1"
 
 
 @dataclass(frozen=True)
@@ -159,17 +159,15 @@ def predict(
     return (np.concatenate(means), np.concatenate(stds)) if means else (empty, empty)
 
 
-def regression_metrics(y: np.ndarray, pred: np.ndarray, targets: Sequence[str]) -> dict:
-    """R^2 and MAE per target over observed entries, {target: {"r2", "mae", "n"}}."""
-    out = {}
-    for t, name in enumerate(targets):
-        ok = np.isfinite(y[:, t])
-        yt, pt = y[ok, t], pred[ok, t]
-        ss_tot = float(np.sum(np.square(yt - yt.mean()))) if ok.any() else 0.0
-        r2 = 1.0 - float(np.sum(np.square(yt - pt))) / ss_tot if ss_tot > 0 else math.nan
-        mae = float(np.mean(np.abs(yt - pt))) if ok.any() else math.nan
-        out[name] = {"r2": r2, "mae": mae, "n": int(ok.sum())}
-    return out
+def target_index(predictor: Predictor, name: str) -> int:
+    """Which output of `predictor` predicts the quantity `name` (an objective's name)."""
+    targets = list(predictor.cfg.targets)
+    if name not in targets:
+        raise ValueError(
+            f"the predictor predicts {targets}, not the objective {name!r}; pass no "
+            "predictor to fit one"
+        )
+    return targets.index(name)
 
 
 def fit_latent(
@@ -262,7 +260,7 @@ def fit_run_predictor(
     `targets` None means the run's CSV property columns if it has any, else qed, logp, sa,
     plogp. At most `limit` molecules (a seeded subset). Saved into the run folder by default.
     """
-    split = _train_split(model.run_dir)
+    split = train_split_of_run(model.run_dir)
     csv_cols = list(split.properties.columns) if split.properties is not None else []
     targets = list(targets or csv_cols or ("qed", "logp", "sa", "plogp"))
     idx = np.arange(len(split.smiles))
@@ -281,69 +279,3 @@ def fit_run_predictor(
     if save:
         save_predictor(pred, model.run_dir, metrics)
     return pred, metrics
-
-
-def _train_split(run_dir: Path | None):
-    if run_dir is None:
-        raise runs.RunFolderError("the model has no run folder to read training molecules from")
-    ds = runs.dataset_of_run(Path(run_dir))
-    if ds is None:
-        raise runs.RunFolderError(f"{run_dir}: no data config in {runs.RUN_JSON}")
-    return ds.train
-
-
-# ----------------------------------------------------------------------------- save / load
-
-
-def save_predictor(
-    predictor: Predictor,
-    run_dir: str | Path,
-    metrics: dict | None = None,
-    name: str = runs.PREDICTOR,
-) -> Path:
-    """run_dir/<name>.npz (arrays) and run_dir/<name>.json (architecture, targets, metrics)."""
-    run_dir = Path(run_dir)
-    arrays = runs.flatten_tree(nnx.to_pure_dict(nnx.state(predictor)))
-    tmp = run_dir / f"{name}.tmp.npz"
-    np.savez_compressed(tmp, **arrays)
-    tmp.replace(run_dir / f"{name}.npz")
-    info = {"format": FORMAT, "config": predictor.cfg.to_dict(), "metrics": metrics or {}}
-    runs.write_json_atomic(run_dir / f"{name}.json", info)
-    return run_dir / f"{name}.json"
-
-
-def load_predictor(run_dir: str | Path, name: str = runs.PREDICTOR) -> Predictor:
-    """Rebuild a saved predictor; a missing, foreign or mismatched file is a RunFolderError."""
-    meta, arr = Path(run_dir) / f"{name}.json", Path(run_dir) / f"{name}.npz"
-    try:
-        info = json.loads(meta.read_text(encoding="utf-8"))
-        if info.get("format") != FORMAT:
-            raise ValueError(f"format {info.get('format')!r}, expected {FORMAT!r}")
-        cfg = PredictorConfig.from_dict(info["config"])
-        with np.load(arr, allow_pickle=False) as f:
-            stored = {k: f[k] for k in f.files}
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise runs.RunFolderError(f"{meta} / {arr}: not a readable molvae predictor ({e})") from e
-    pred = Predictor(cfg, rngs=nnx.Rngs(0))
-    state = nnx.state(pred)
-    expected = runs.flatten_tree(nnx.to_pure_dict(state))
-    bad = [k for k in expected if k not in stored or stored[k].shape != expected[k].shape]
-    if bad or set(stored) != set(expected):
-        raise runs.RunFolderError(f"{arr}: arrays do not match {meta} (first: {bad[:3]})")
-    pure = nnx.to_pure_dict(state)
-
-    def fill(tree, prefix=""):
-        for k, v in tree.items():
-            key = f"{prefix}/{k}" if prefix else str(k)
-            tree[k] = fill(v, key) if isinstance(v, dict) else jnp.asarray(stored[key])
-        return tree
-
-    nnx.replace_by_pure_dict(state, fill(pure))
-    nnx.update(pred, state)
-    return pred
-
-
-def predictor_info(run_dir: str | Path, name: str = runs.PREDICTOR) -> dict | None:
-    """The saved predictor's JSON (targets, metrics), or None if the run has none."""
-    path = Path(run_dir) / f"{name}.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None

@@ -9,13 +9,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-RUN_JSON = "run.json"
+from molvae.store.names import PARAMS_NPZ, RUN_JSON, RunFolderError
+
 PRETRAINED_PREFIX = "pretrained:"
-PRETRAINED = {"moses": Path(__file__).parent / "assets" / "pretrained" / "moses"}
-
-
-class RunFolderError(ValueError):
-    """A run folder that is missing, incomplete or not molvae's (names the file)."""
+PRETRAINED = {"moses": Path(__file__).parents[1] / "assets" / "pretrained" / "moses"}
 
 
 def pretrained_name(run: str | Path) -> str | None:
@@ -39,7 +36,7 @@ def run_folder(run: str | Path) -> Path:
         if name not in PRETRAINED:
             raise ValueError(f"unknown pretrained model {name!r}; available: {sorted(PRETRAINED)}")
         folder = PRETRAINED[name]
-        if not (folder / "params.npz").exists():
+        if not (folder / PARAMS_NPZ).exists():
             raise RunFolderError(
                 f"the pretrained model {name!r} is not shipped in this installation ({folder})"
             )

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from molvae import chem
-from molvae.optimize.objectives import Objective, ObjectiveError, ScoreFn, make_objective
+from molvae.design.objectives import Objective, ObjectiveError, ScoreFn, make_objective
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +88,6 @@ class Oracle:
         ]
         df = pd.DataFrame(rows, columns=list(COLUMNS))
         return df.astype({"score": float, "call": int, "round": int})
-
-    def best(self, k: int = 1) -> pd.DataFrame:
-        """The k best scored molecules so far (nan scores never rank)."""
-        return self.history.dropna(subset=["score"]).nlargest(k, "score", keep="first")
 
     def known(self, smiles: str) -> float | None:
         """Cached score of a canonical SMILES, or None if not scored yet in this run (a resumed
@@ -187,11 +183,13 @@ class Oracle:
     def _open(self) -> None:
         """Create the CSV (and its .json note) or resume from it."""
         meta_path = self.path.with_suffix(self.path.suffix + ".json")
-        meta = {"objective": self.objective.name, "budget": self.budget}
+        obj = self.objective
+        meta = {"objective": obj.name, "direction": obj.direction, "budget": self.budget}
         if self.path.exists() and self.path.stat().st_size > 0:
             if meta_path.exists():
                 old = json.loads(meta_path.read_text(encoding="utf-8")).get("objective")
-                if old != self.objective.name:
+                # Before objectives carried a sign, a minimised one was named "-sa".
+                if old != obj.name and not (obj.sign < 0 and old == f"-{obj.name}"):
                     raise ObjectiveError(
                         f"{self.path} holds the history of objective {old!r}, not "
                         f"{self.objective.name!r}; use another output folder"

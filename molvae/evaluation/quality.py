@@ -10,10 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orbax.checkpoint as ocp
 import pandas as pd
 
-from molvae import chem, chemnet, data, fetch, metrics, runs, sample
+from molvae import chem, data, fetch
+from molvae.api import load
+from molvae.evaluation import chemnet, metrics
+from molvae.inference import latent
+from molvae.store import names
+from molvae.store.checkpoints import checkpoint_meta, checkpoint_steps
 
 log = logging.getLogger(__name__)
 
@@ -60,19 +64,6 @@ def reference_subset(n: int, seed: int = 0) -> Path:
     return folder
 
 
-def checkpoint_steps(run_dir: Path) -> list[int]:
-    ckpt = (run_dir / runs.CHECKPOINTS).absolute()
-    if not ckpt.exists():
-        return []
-    mngr = ocp.CheckpointManager(ckpt, options=ocp.CheckpointManagerOptions(create=False))
-    return sorted(mngr.all_steps())
-
-
-def checkpoint_meta(run_dir: Path, step: int) -> dict[str, Any]:
-    path = run_dir / runs.CHECKPOINTS / str(step) / "meta" / "metadata"
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
 def score_model(
     model,
     reference: Path,
@@ -85,10 +76,9 @@ def score_model(
     """The protocol for one model: n prior samples at temperature 1, scored with the MOSES suite
     against `reference` both as sampled and with strict SELFIES decoding; greedy reconstruction
     of held_out molecules from their posterior means; their importance-weighted NLL bound."""
-    dec = model._dec
-    z = sample.prior(n, model.latent_dim, seed)
-    ids = dec.decode_ids(z, seed + 1, 1.0, greedy=False)
-    selfies = dec.vocab.decode_selfies_batch(ids)
+    z = latent.prior(n, model.latent_dim, seed)
+    ids = model.engine.decode_ids(z, seed + 1, 1.0, greedy=False)
+    selfies = model.vocab.decode_selfies_batch(ids)
     smiles = chem.parallel_map(chem.selfies_to_smiles, selfies, n_jobs=n_jobs)
     repaired = np.array(chem.parallel_map(chem.selfies_repaired, selfies, n_jobs=n_jobs), bool)
     strict = ["" if r else s for s, r in zip(smiles, repaired, strict=True)]
@@ -99,7 +89,7 @@ def score_model(
     out["repaired"] = float(repaired.mean())
     mean_len = float(np.mean([(row != 0).sum() for row in ids]))
     out["sample_len"] = mean_len
-    held_out = [s for s, ok in zip(held_out, dec.encodable(held_out), strict=True) if ok]
+    held_out = [s for s, ok in zip(held_out, model.encodable(held_out), strict=True) if ok]
     if held_out:
         rec = model.reconstruct(list(held_out))
         canon = [chem.canonical(s) for s in held_out]
@@ -139,7 +129,6 @@ def score_run(
     seed); each score is appended to run_dir/quality.jsonl with the checkpoint's CPU seconds
     and molecules seen. Returns every score of the run under this protocol. reference and
     held_out default to the protocol's MOSES subsets (reference_subset, held_out_molecules)."""
-    import molvae  # the public loader; imported here to keep this module's import light
 
     run_dir = Path(run_dir)
     have = {r["step"] for r in read_scores(run_dir) if r.get("protocol") == protocol}
@@ -153,11 +142,11 @@ def score_run(
             reference = reference_subset(protocol["ref_n"], protocol["seed"])
         if held_out is None:
             held_out = held_out_molecules(protocol["recon_n"], protocol["seed"])
-        info = json.loads((run_dir / runs.RUN_JSON).read_text())
+        info = json.loads((run_dir / names.RUN_JSON).read_text())
         batch = info.get("config", {}).get("train", {}).get("batch_size", math.nan)
     for step in todo:
         meta = checkpoint_meta(run_dir, step)
-        model = molvae.load(run_dir, step=step)
+        model = load(run_dir, step=step)
         scores = score_model(
             model,
             reference,
@@ -249,7 +238,6 @@ def score_fixed(
 ) -> dict[str, Any]:
     """Score a finished model (a run folder or 'pretrained:NAME') once under `protocol`; cached
     in out/quality_fixed.jsonl. Its row has no CPU time or molecules seen."""
-    import molvae
 
     path = Path(out) / "quality_fixed.jsonl"
     if path.exists():
@@ -257,7 +245,7 @@ def score_fixed(
             rec = json.loads(line)
             if rec["run"] == name and rec["protocol"] == protocol:
                 return rec
-    model = molvae.load(name)
+    model = load(name)
     scores = score_model(
         model,
         reference_subset(protocol["ref_n"], protocol["seed"]),
@@ -312,7 +300,7 @@ def validation_table(run_dirs: Sequence[Path]) -> pd.DataFrame:
     run, step, cpu_s, mols_seen and the val_* metrics."""
     rows = []
     for run in map(Path, run_dirs):
-        path = run / runs.METRICS_JSONL
+        path = run / names.METRICS_JSONL
         if not path.exists():
             continue
         for line in path.read_text().splitlines():

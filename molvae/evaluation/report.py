@@ -12,18 +12,18 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import selfies as sf
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from rdkit import Chem
 from rdkit.Chem import Draw
 
-from molvae import chem, runs
+from molvae import chem
+from molvae.store import folder, names
 
 log = logging.getLogger(__name__)
 
 REPORT_MD, FIGURES = "report.md", "figures"
-PROPERTIES = ("qed", "logp", "sa", "weight")
+PLOTTED_PROPERTIES = ("qed", "logp", "sa", "weight")
 PROPERTY_LABELS = {"qed": "QED", "logp": "logP", "sa": "SA score", "weight": "molecular weight"}
 N_RECONSTRUCTIONS = 8
 MOSES_CITATION = (
@@ -105,11 +105,11 @@ def write_report(run_dir: Path, n_grid: int = 24, n_latent: int = 2000) -> Path:
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise runs.RunFolderError(f"run folder {run_dir} does not exist")
+        raise names.RunFolderError(f"run folder {run_dir} does not exist")
     (run_dir / FIGURES).mkdir(exist_ok=True)
     inputs = _Inputs(run_dir, n_latent)
-    records = _read_jsonl(run_dir / runs.METRICS_JSONL)
-    samples = _read_samples(run_dir / runs.SAMPLES_CSV)
+    records = _read_jsonl(run_dir / names.METRICS_JSONL)
+    samples = _read_samples(run_dir / names.SAMPLES_CSV)
     lines = [f"# Run report: `{run_dir.name}`", "", f"Run folder: `{run_dir.resolve()}`", ""]
     lines += _metrics_section(run_dir)
     lines += _likelihood_section(run_dir)
@@ -119,7 +119,7 @@ def write_report(run_dir: Path, n_grid: int = 24, n_latent: int = 2000) -> Path:
     lines += _latent_section(run_dir, inputs)
     lines += _reconstruction_section(run_dir, inputs)
     seconds = time.perf_counter() - t0
-    lines += ["---", f"Written by `molvae.report.write_report` in {seconds:.1f} s.", ""]
+    lines += ["---", f"Written by `molvae.evaluation.report.write_report` in {seconds:.1f} s.", ""]
     path = run_dir / REPORT_MD
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text("\n".join(lines), encoding="utf-8")
@@ -162,25 +162,24 @@ def _num(s: pd.Series) -> pd.Series:
 
 def _test_subset(run_dir: Path, n: int) -> pd.DataFrame:
     """A seeded subset of the run's test split with its RDKit properties."""
-    ds = runs.dataset_of_run(run_dir)
+    ds = folder.dataset_of_run(run_dir)
     if ds is None:
-        raise runs.RunFolderError(f"{run_dir / runs.RUN_JSON}: no data config")
+        raise names.RunFolderError(f"{run_dir / names.RUN_JSON}: no data config")
     test = ds.test
     if not test.smiles:
-        raise runs.RunFolderError(f"{run_dir}: the run's test split is empty")
+        raise names.RunFolderError(f"{run_dir}: the run's test split is empty")
     rng = np.random.default_rng(0)
     idx = np.sort(rng.choice(len(test), size=min(n, len(test)), replace=False))
     smiles = [test.smiles[i] for i in idx]
     df = pd.DataFrame({"smiles": smiles, "selfies": [test.selfies[i] for i in idx]})
-    return pd.concat([df, chem.properties(smiles, PROPERTIES)], axis=1)
+    return pd.concat([df, chem.properties(smiles, PLOTTED_PROPERTIES)], axis=1)
 
 
 def _encodable(model, test: pd.DataFrame) -> pd.DataFrame:
-    """Test molecules whose SELFIES symbols are all in the model's vocabulary."""
-    vocab = set(model.vocab.tokens)
-    ok = [all(s in vocab for s in sf.split_selfies(sel)) for sel in test["selfies"]]
-    if not all(ok):
-        log.info("report: %d test molecules have symbols outside the vocabulary", len(ok) - sum(ok))
+    """Test molecules the model can read (MolVAE.encodable: the check encode itself makes)."""
+    ok = model.encodable(list(test["smiles"]))
+    if not ok.all():
+        log.info("report: %d test molecules cannot be encoded by the model", int((~ok).sum()))
     return test[ok].reset_index(drop=True)
 
 
@@ -239,14 +238,14 @@ def _note(text: str) -> list[str]:
 
 def _metrics_section(run_dir: Path) -> list[str]:
     lines = ["## Metrics beside the MOSES baselines", ""]
-    path = run_dir / runs.EVAL_JSON
+    path = run_dir / names.EVAL_JSON
     ours: dict[str, Any] = {}
     if path.exists():
         try:
             ours = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             lines += _note(
-                f"`{runs.EVAL_JSON}` is not valid JSON ({e}): the molvae column is empty."
+                f"`{names.EVAL_JSON}` is not valid JSON ({e}): the molvae column is empty."
             )
         ours = ours if isinstance(ours, dict) else {}
         info = {k: ours.pop(k) for k in ("n_samples", "reference") if k in ours}
@@ -260,18 +259,18 @@ def _metrics_section(run_dir: Path) -> list[str]:
             )
     else:
         lines += _note(
-            f"No `{runs.EVAL_JSON}` yet: run `python experiments/evaluate.py run_dir={run_dir}` "
+            f"No `{names.EVAL_JSON}` yet: run `python experiments/evaluate.py run_dir={run_dir}` "
             "to fill the molvae column."
         )
-    names = list(BASELINES)
-    header = ["metric", "molvae (this run)", *names]
+    baselines = list(BASELINES)
+    header = ["metric", "molvae (this run)", *baselines]
     rows = []
     extra = [k for k, v in ours.items() if k not in HIGHER_IS_BETTER and _is_number(v)]
     for key in [*HIGHER_IS_BETTER, *extra]:
         arrow = {True: " ↑", False: " ↓"}.get(HIGHER_IS_BETTER.get(key), "")
         mine = ours.get(key)
         rows.append([f"{key}{arrow}", float(mine) if _is_number(mine) else None]
-                    + [BASELINES[n].get(key) for n in names])  # fmt: skip
+                    + [BASELINES[n].get(key) for n in baselines])  # fmt: skip
     lines += _table(header, rows)
     lines += [
         f"Baselines: {MOSES_CITATION} '—': not computed. logP, SA, QED and weight (if present) "
@@ -283,10 +282,10 @@ def _metrics_section(run_dir: Path) -> list[str]:
 
 def _likelihood_section(run_dir: Path) -> list[str]:
     lines = ["## Likelihood and compression (held-out molecules)", ""]
-    path = run_dir / runs.LIKELIHOOD_JSON
+    path = run_dir / names.LIKELIHOOD_JSON
     if not path.exists():
         return lines + _note(
-            f"No {runs.LIKELIHOOD_JSON}: run `molvae.runs.test_likelihood(run_dir)` "
+            f"No {names.LIKELIHOOD_JSON}: run `molvae.evaluation.run.test_likelihood(run_dir)` "
             "(the pipeline does)."
         )
     like = json.loads(path.read_text(encoding="utf-8"))
@@ -315,7 +314,7 @@ def _is_number(v: Any) -> bool:
 def _training_section(run_dir: Path, rec: pd.DataFrame, inputs: _Inputs) -> list[str]:
     lines = ["## Training", ""]
     if rec.empty or "step" not in rec or "loss" not in rec:
-        return lines + _note(f"No training records in `{runs.METRICS_JSONL}`.")
+        return lines + _note(f"No training records in `{names.METRICS_JSONL}`.")
     train = rec.dropna(subset=["loss"]).sort_values("step")
     last = train.iloc[-1]
     speed = train["mol_per_s"].dropna() if "mol_per_s" in train else pd.Series(dtype=float)
@@ -387,7 +386,7 @@ def _samples_section(run_dir: Path, samples: pd.DataFrame | None, n_grid: int) -
     lines = ["## Sampled molecules", ""]
     if samples is None:
         return lines + _note(
-            f"No `{runs.SAMPLES_CSV}`: run `python experiments/sample.py run_dir={run_dir}`."
+            f"No `{names.SAMPLES_CSV}`: run `python experiments/sample.py run_dir={run_dir}`."
         )
     valid = samples[samples["valid"]] if "valid" in samples else samples[samples["smiles"] != ""]
     lines += [
@@ -409,15 +408,15 @@ def _samples_section(run_dir: Path, samples: pd.DataFrame | None, n_grid: int) -
 def _properties_section(run_dir: Path, samples: pd.DataFrame | None, inputs: _Inputs) -> list[str]:
     lines = ["## Property distributions", ""]
     if samples is None:
-        return lines + _note(f"No `{runs.SAMPLES_CSV}`: nothing to compare with the test set.")
+        return lines + _note(f"No `{names.SAMPLES_CSV}`: nothing to compare with the test set.")
     test = inputs.test()
     valid = samples[samples["valid"]] if "valid" in samples else samples
-    have = [p for p in PROPERTIES if p in valid]
+    have = [p for p in PLOTTED_PROPERTIES if p in valid]
     if not have:
-        return lines + _note(f"`{runs.SAMPLES_CSV}` has no property columns.")
+        return lines + _note(f"`{names.SAMPLES_CSV}` has no property columns.")
     fig, sub = _fig(figsize=(10, 7))
     rows = []
-    for ax, p in zip(sub(2, 2).ravel(), PROPERTIES, strict=True):
+    for ax, p in zip(sub(2, 2).ravel(), PLOTTED_PROPERTIES, strict=True):
         gen = valid[p].dropna().to_numpy() if p in valid else np.zeros(0)
         ref = test[p].dropna().to_numpy() if test is not None else np.zeros(0)
         both = np.concatenate([gen, ref])

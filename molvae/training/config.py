@@ -1,0 +1,85 @@
+"""Training settings: one frozen dataclass, whose defaults are conf/train/default.yaml's."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became nan/inf; the run stops and its last good checkpoint is kept."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 2000
+    batch_size: int = 256
+    lr: float = 1e-3
+    lr_schedule: str = "cosine"  # constant | cosine (to lr_end_factor * lr)
+    lr_end_factor: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.0  # > 0 switches Adam to AdamW
+    clip_norm: float = 1.0
+    kl_schedule: str = "linear"  # constant | linear | cyclical
+    kl_max: float = 1.0  # the KL weight beta reached by the schedule
+    kl_start: float = 0.0
+    kl_warmup_steps: int = 1000  # linear: steps from kl_start to kl_max
+    kl_cycles: int = 4  # cyclical (Fu et al. 2019): number of cycles over `steps`
+    kl_ratio: float = 0.5  # cyclical: fraction of each cycle spent increasing beta
+    free_bits: float = 0.0  # nats per latent dimension below which KL is not penalised
+    # Stop (with a checkpoint) once the run has used this much process CPU time, summed over
+    # resumes; 0 = no limit. Quality studies compare arms at equal CPU time with it.
+    cpu_budget_s: float = 0.0
+    eval_every: int = 500
+    eval_size: int = 1000
+    log_every: int = 50
+    ckpt_every: int = 500
+    keep_checkpoints: int = 2
+    seed: int = 0
+    progress: bool = True
+    param_sharding: str = "replicated"  # replicated | fsdp (large arrays split over devices)
+    # Joint training (Gomez-Bombarelli et al. 2018): an MLP on the latent means predicts these
+    # properties and its loss, times property_weight, is added to the ELBO. 0 switches it off.
+    property_weight: float = 0.0
+    property_targets: tuple[str, ...] = ("qed", "logp", "sa")
+    property_hidden: tuple[int, ...] = (128, 128)
+    property_models: int = 1  # ensemble members of the jointly trained predictor
+
+    def __post_init__(self) -> None:
+        # Hydra hands lists; keep the config hashable and comparable.
+        object.__setattr__(self, "property_targets", tuple(self.property_targets))
+        object.__setattr__(self, "property_hidden", tuple(int(h) for h in self.property_hidden))
+        if self.property_weight < 0:
+            raise ValueError(f"train.property_weight must be >= 0, got {self.property_weight}")
+        if self.property_weight > 0 and not self.property_targets:
+            raise ValueError("train.property_targets is empty but train.property_weight > 0")
+        if self.property_models < 1 or any(h < 1 for h in self.property_hidden):
+            raise ValueError("train.property_models and train.property_hidden must be positive")
+        for name in (
+            "steps",
+            "batch_size",
+            "log_every",
+            "eval_every",
+            "ckpt_every",
+            "keep_checkpoints",
+            "eval_size",
+        ):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"train.{name} must be positive, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"train.lr must be positive, got {self.lr}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"train.lr_schedule must be constant or cosine: {self.lr_schedule!r}")
+        if self.kl_schedule not in ("constant", "linear", "cyclical"):
+            raise ValueError(
+                f"train.kl_schedule must be constant, linear or cyclical: {self.kl_schedule!r}"
+            )
+        if self.kl_max < 0 or self.free_bits < 0:
+            raise ValueError("train.kl_max and train.free_bits must be >= 0")
+        if self.cpu_budget_s < 0:
+            raise ValueError(f"train.cpu_budget_s must be >= 0, got {self.cpu_budget_s}")
+        if self.param_sharding not in ("replicated", "fsdp"):
+            raise ValueError(
+                f"train.param_sharding must be replicated or fsdp: {self.param_sharding!r}"
+            )
+        if not 0 < self.kl_ratio <= 1:
+            raise ValueError(f"train.kl_ratio must be in (0, 1], got {self.kl_ratio}")

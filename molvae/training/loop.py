@@ -1,0 +1,301 @@
+"""The training loop: build or resume the state, step, log, validate, checkpoint; and
+train_and_evaluate, which turns a data config into a run folder and trains it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+from tqdm.auto import tqdm
+
+from molvae import chem
+from molvae import data as data_mod
+from molvae.distributed import state_sharding
+from molvae.loggers import Logger, truncate_jsonl
+from molvae.models.vae import VAE, ModelConfig
+from molvae.store import checkpoints as ckpts
+from molvae.store import folder
+from molvae.store.checkpoints import CheckpointError
+from molvae.store.names import CHECKPOINTS, METRICS_JSONL, RUN_FORMAT, VOCAB_JSON
+from molvae.training import joint
+from molvae.training.batches import Batches
+from molvae.training.config import NonFiniteLossError, TrainConfig
+from molvae.training.schedules import lr_schedule, make_tx
+from molvae.training.steps import (
+    evaluate_split,
+    make_eval_step,
+    make_joint_train_step,
+    make_train_step,
+)
+from molvae.vocab import UnknownSymbolError, Vocab
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    model: VAE
+    step: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    final_eval: dict[str, float] = field(default_factory=dict)
+    predictor: Any = None  # the jointly trained Predictor (train.property_weight > 0)
+
+
+class _Clock:
+    """Process CPU seconds of this run, summed with those of earlier runs of the same folder
+    (all threads: the run's compute, not wall time), and wall time for throughput."""
+
+    def __init__(self, cpu_before: float) -> None:
+        self.cpu_before, self.cpu0 = cpu_before, time.process_time()
+        self.t0 = self.t_last = time.perf_counter()
+        self.n_last = 0  # molecules since the last record
+
+    def cpu_s(self) -> float:
+        return self.cpu_before + time.process_time() - self.cpu0
+
+    def throughput(self) -> tuple[float, float]:
+        """(molecules per wall second since the last call, wall seconds since the start)."""
+        now = time.perf_counter()
+        rate = self.n_last / max(now - self.t_last, 1e-9)
+        self.t_last, self.n_last = now, 0
+        return rate, now - self.t0
+
+
+def _initial_state(model_cfg: ModelConfig, cfg: TrainConfig, y_train: np.ndarray | None):
+    """(graphdef, state, model): the model and its optimizer, plus, for joint training, the
+    predictor and its optimizer, split once so the jitted step takes plain state."""
+    model = VAE(model_cfg, rngs=nnx.Rngs(cfg.seed))
+    opt = nnx.Optimizer(model, make_tx(cfg), wrt=nnx.Param)
+    n_params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    log.info("model: %s parameters, %s", f"{n_params:,}", model_cfg)
+    if y_train is None:
+        return (*nnx.split((model, opt)), model)
+    pred = joint.joint_predictor(model_cfg, cfg, y_train)
+    popt = nnx.Optimizer(pred, make_tx(cfg), wrt=nnx.Param)
+    return (*nnx.split((model, opt, pred, popt)), model)
+
+
+def _flush(pending: list[dict[str, jax.Array]], step: int) -> dict[str, Any]:
+    """Average the step metrics since the last log; stop on a non-finite loss."""
+    got = jax.device_get(pending)
+    pending.clear()
+    losses = np.array([g["loss"] + 0.0 * g["grad_norm"] for g in got])  # nan grads count too
+    if not np.all(np.isfinite(losses)):
+        bad = step - len(losses) + int(np.argmin(np.isfinite(losses)))
+        raise NonFiniteLossError(
+            f"non-finite loss at step {bad + 1}; stopping. The last good checkpoint is kept "
+            f"(lower train.lr or raise train.clip_norm)"
+        )
+    rec = {"step": step}
+    for k in got[-1]:
+        rec[k] = float(np.mean([g[k] for g in got]))
+    rec["beta"] = float(got[-1]["beta"])
+    return rec
+
+
+def _check_properties(cfg: TrainConfig, n: int, properties) -> np.ndarray | None:
+    """The training molecules' property targets for joint training (None without it)."""
+    if cfg.property_weight <= 0:
+        return None
+    if properties is None:
+        raise ValueError("train.property_weight > 0 needs property values for the molecules")
+    y_train = np.asarray(properties[0], np.float32)
+    if y_train.shape != (n, len(cfg.property_targets)):
+        raise ValueError(
+            f"properties {y_train.shape} do not match {n} molecules x "
+            f"{len(cfg.property_targets)} targets {cfg.property_targets}"
+        )
+    return y_train
+
+
+def train(
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    train_data: tuple[np.ndarray, np.ndarray],
+    val_data: tuple[np.ndarray, np.ndarray],
+    run_dir: str | Path,
+    logger: Logger,
+    extra_meta: dict | None = None,
+    properties: tuple[np.ndarray, np.ndarray] | None = None,
+) -> TrainResult:
+    """Train a VAE on token arrays, checkpointing into run_dir and resuming from it if present.
+
+    Joint training (cfg.property_weight > 0) needs `properties`: float arrays (n_train, T) and
+    (n_val, T) of cfg.property_targets, nan where unknown. The predictor is saved at the end as
+    run_dir/predictor.{json,npz}, where molvae.load and the optimizers find it.
+    """
+    run_dir = Path(run_dir)
+    tokens, lengths = train_data
+    y_train = _check_properties(cfg, len(tokens), properties)
+    max_len = tokens.shape[1] - 2
+
+    # data parallel over every device; a no-op on one device
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    if cfg.batch_size % mesh.size:
+        raise ValueError(f"train.batch_size {cfg.batch_size} must divide over {mesh.size} devices")
+    data_sh = NamedSharding(mesh, P("data"))
+
+    graphdef, state, model = _initial_state(model_cfg, cfg, y_train)
+    mngr = ckpts.checkpoint_manager(run_dir, cfg.keep_checkpoints)
+    start, cpu_before = 0, 0.0  # cpu_before: CPU seconds spent by earlier runs of this folder
+    if (latest := mngr.latest_step()) is not None:
+        meta = ckpts.restore_into(mngr, latest, state)
+        start, cpu_before = int(meta["step"]), float(meta.get("cpu_s", 0.0))
+        log.info("resumed from checkpoint at step %d", start)
+    # A resumed run rewrites the metrics logged after its checkpoint; a fresh one starts empty.
+    truncate_jsonl(run_dir / METRICS_JSONL, start if latest is not None else -1)
+    state = jax.device_put(state, state_sharding(state, mesh, cfg.param_sharding))
+
+    train_step = (make_joint_train_step if y_train is not None else make_train_step)(graphdef, cfg)
+    eval_step = make_eval_step(nnx.split(model)[0], max_len)
+    batches = Batches(tokens, lengths, cfg.batch_size, cfg.seed)
+    base_key = jax.random.key(cfg.seed + 1)
+    eval_bs = min(cfg.batch_size, 512)
+    val_t, val_l = val_data[0][: cfg.eval_size], val_data[1][: cfg.eval_size]
+    meta_base = {"format": RUN_FORMAT, **(extra_meta or {})}
+    clock = _Clock(cpu_before)
+    lr = lr_schedule(cfg)
+
+    history: list[dict[str, Any]] = []
+    pending: list[dict[str, jax.Array]] = []
+    bar = tqdm(total=cfg.steps, initial=start, desc="train", disable=not cfg.progress,
+               dynamic_ncols=True, mininterval=1.0)  # fmt: skip
+    step = start
+    with jax.set_mesh(mesh):
+        while step < cfg.steps:
+            t, l_ = batches(step)
+            args = [t, l_, np.ones(len(t), np.float32)]
+            if y_train is not None:
+                args.append(y_train[batches.indices(step)])
+            state, aux = train_step(state, *(jax.device_put(a, data_sh) for a in args), base_key)
+            pending.append(aux)
+            step += 1
+            clock.n_last += len(t)
+            bar.update(1)
+            out_of_cpu = bool(cfg.cpu_budget_s) and clock.cpu_s() >= cfg.cpu_budget_s
+            last = step == cfg.steps or out_of_cpu
+            is_ckpt = step % cfg.ckpt_every == 0 or last
+            if step % cfg.log_every == 0 or is_ckpt or step % cfg.eval_every == 0:
+                rec = _flush(pending, step)
+                rec["mol_per_s"], rec["time"] = clock.throughput()
+                rec["lr"] = float(lr(step))
+                rec["cpu_s"], rec["mols_seen"] = clock.cpu_s(), step * cfg.batch_size
+                if step % cfg.eval_every == 0 or last:
+                    rec.update(evaluate_split(eval_step, state[0], val_t, val_l, eval_bs))
+                logger.log(rec)
+                history.append(rec)
+                bar.set_postfix(loss=f"{rec['loss']:.3f}", kl=f"{rec['kl']:.2f}",
+                                mol_s=f"{rec['mol_per_s']:.0f}")  # fmt: skip
+                if is_ckpt:
+                    meta = {"step": step, "cpu_s": rec["cpu_s"], "mols_seen": rec["mols_seen"]}
+                    ckpts.save_checkpoint(mngr, step, state, {**meta_base, **meta})
+            if out_of_cpu:
+                log.info("train.cpu_budget_s %.0f reached at step %d", cfg.cpu_budget_s, step)
+                break
+    bar.close()
+    model, _, *joint_parts = nnx.merge(graphdef, jax.device_get(state))
+    final = {k: v for k, v in history[-1].items() if k.startswith("val_")} if history else {}
+    pred = None
+    if y_train is not None:
+        pred = joint_parts[0]
+        y_val = np.asarray(properties[1], np.float32)[: cfg.eval_size]
+        scores = joint.save_joint_predictor(model, pred, (val_t, val_l), y_val, cfg, run_dir)
+        final.update(scores)
+        logger.log({"step": step, **scores})
+    rounded = json.dumps({k: round(v, 4) for k, v in final.items()})
+    if start >= cfg.steps:  # a finished run started again: nothing was trained
+        final = {**folder.last_validation(run_dir / METRICS_JSONL), **final}
+        rounded = json.dumps({k: round(v, 4) for k, v in final.items()})
+        log.info("run already complete at step %d (train.steps=%d); final validation: %s",
+                 step, cfg.steps, rounded)  # fmt: skip
+    else:
+        log.info("trained to step %d in %.1f s; %s", step, clock.throughput()[1], rounded)
+    return TrainResult(model=model, step=step, history=history, final_eval=final, predictor=pred)
+
+
+# ----------------------------------------------------------------------------- data -> run
+
+
+def train_and_evaluate(
+    data_cfg: data_mod.DataConfig,
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    run_dir: str | Path,
+    logger: Logger,
+    config: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Load and preprocess data, fit (or reload) the vocabulary, write run.json, train (with
+    validation on the test split: hence the name)."""
+    run_dir = Path(run_dir)
+    if cfg.property_weight > 0:  # fail before the data work starts
+        known = set(chem.PROPERTIES) | set(data_cfg.property_columns)
+        if unknown := [t for t in cfg.property_targets if t not in known]:
+            raise ValueError(
+                f"train.property_targets {unknown}: not a data property column "
+                f"{list(data_cfg.property_columns)} nor a known property "
+                f"{sorted(chem.PROPERTIES)}"
+            )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ds = data_mod.load_dataset(data_cfg)
+    data_mod.write_report(ds, run_dir)
+    vocab_path = run_dir / VOCAB_JSON
+    resuming = vocab_path.exists() and (run_dir / CHECKPOINTS).exists()
+    vocab = (
+        Vocab.load(vocab_path)
+        if resuming
+        else Vocab.fit(ds.train.selfies, bpe_merges=data_cfg.bpe_merges)
+    )
+    max_len = data_cfg.max_len
+    train_arr = vocab.encode_batch(ds.train.selfies, max_len, ds.train.smiles)
+    # Test molecules with a symbol never seen in training cannot be scored: listed in the report.
+    keep, keep_rows, skipped = [], [], []
+    for i, (s, m) in enumerate(zip(ds.test.selfies, ds.test.smiles, strict=True)):
+        try:
+            vocab.encode(s, m)
+            keep.append(s)
+            keep_rows.append(i)
+        except UnknownSymbolError:
+            skipped.append(i)
+    if skipped:
+        unknown = data_mod.report_rows(ds, "test", skipped, "unknown_symbol")
+        data_mod.write_report(ds, run_dir, unknown)
+        log.warning(
+            "%d test molecules have symbols outside the training vocabulary; skipped in "
+            "validation, listed in %s (reason unknown_symbol)",
+            len(skipped),
+            run_dir / "data_report.csv",
+        )
+    val_arr = vocab.encode_batch(keep, max_len)
+    model_cfg = dataclasses.replace(model_cfg, vocab_size=len(vocab))
+    if resuming:
+        old_cfg, *_ = folder.read_run_info(run_dir)
+        if old_cfg != model_cfg:
+            raise CheckpointError(
+                f"{run_dir} holds a run of another model ({old_cfg}); use a new run folder"
+            )
+    folder.write_run_info(run_dir, model_cfg, vocab, max_len, config or {})
+    log.info(
+        "data: %d train / %d validation molecules, vocabulary of %d symbols, max_len %d",
+        len(train_arr[0]),
+        len(val_arr[0]),
+        len(vocab),
+        max_len,
+    )
+    props = None
+    if cfg.property_weight > 0:
+        val_rows = keep_rows[: cfg.eval_size]
+        props = (
+            joint.property_table(ds.train, cfg.property_targets),
+            joint.property_table(ds.test, cfg.property_targets)[val_rows],
+        )
+    return train(model_cfg, cfg, train_arr, val_arr, run_dir, logger, properties=props)
