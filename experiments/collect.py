@@ -35,11 +35,10 @@ import yaml
 
 log = logging.getLogger("molvae.collect")
 
-# The run folder's file names (molvae/runs.py; tests/test_sweeps.py checks they agree). Kept here
-# so collecting stays a light, JAX-free script.
-METRICS_JSONL, EVAL_JSON, RUN_JSON = "metrics.jsonl", "metrics.json", "run.json"
+# The run folder's file names: molvae.store.names imports no JAX, so collecting stays light.
+from molvae.store.names import EVAL_JSON, LIKELIHOOD_JSON, METRICS_JSONL, RUN_JSON  # noqa: E402
+
 HYDRA_DIR, OPTUNA_RESULTS = ".hydra", "optimization_results.yaml"
-LIKELIHOOD_JSON = "likelihood.json"
 LIKELIHOOD_KEYS = ("nll_bits", "rate_bits", "distortion_bits")
 VAL_KEYS = ("val_elbo", "val_recon", "val_kl", "val_kl_bits", "val_recon_acc", "val_token_acc")
 SKIP_DIRS = {".submitit", "checkpoints", "wandb", ".hydra"}

@@ -108,9 +108,8 @@ def run_search(
     history = result.history
     if len(history):
         from molvae import chem
-        from molvae.chem import TABLE_PROPERTIES as PROPERTY_COLUMNS
 
-        props = chem.properties(list(history["smiles"]), PROPERTY_COLUMNS)
+        props = chem.properties(list(history["smiles"]), chem.TABLE_PROPERTIES)
         history = history.join(props)
     history.to_csv(out / "history.csv", index=False)
     top = result.top(cfg.top_k)

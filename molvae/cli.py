@@ -26,6 +26,11 @@ log = logging.getLogger("molvae")
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 
+# molvae.design's registered searches, named here so that --help needs no JAX start-up
+# (tests/test_config.py checks the two agree).
+SEARCH_METHODS = ("bo", "gradient")
+
+
 def _read_smiles(path: str, column: str) -> list[str]:
     from molvae.data import read_smiles_file
 
@@ -238,7 +243,7 @@ def parser() -> argparse.ArgumentParser:
     o.add_argument(
         "--method",
         default="bo",
-        choices=["bo", "gradient"],
+        choices=SEARCH_METHODS,
         help="Bayesian optimization or gradient ascent on a latent predictor (default bo)",
     )
     o.add_argument(

@@ -12,8 +12,6 @@ from pathlib import Path
 import numpy as np
 import selfies as sf
 
-from molvae import chem
-
 PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
 SPECIALS = (PAD, BOS, EOS)
 FORMAT = "molvae-vocab-1"
@@ -145,17 +143,6 @@ class Vocab:
             lengths[i] = len(ids) + 1
         return out, lengths
 
-    def encode_smiles(self, smiles: Sequence[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:
-        """Canonicalize, SELFIES-encode and tokenize SMILES; raises ValueError on an invalid one."""
-        selfies = []
-        for s in smiles:
-            can = chem.canonical(s)
-            enc = chem.smiles_to_selfies(can) if can else None
-            if enc is None:
-                raise ValueError(f"cannot encode molecule {s!r}: invalid SMILES or SELFIES failure")
-            selfies.append(enc)
-        return self.encode_batch(selfies, max_len, smiles)
-
     # -- decoding -----------------------------------------------------------------------------
 
     def decode_selfies(self, ids: Sequence[int]) -> str:
@@ -174,10 +161,6 @@ class Vocab:
             "".join([toks[i] for i in row[:end] if i != bos])
             for row, end in zip(ids.tolist(), ends, strict=True)
         ]
-
-    def decode(self, ids: Sequence[int]) -> str:
-        """Canonical SMILES of a token sequence ('' if the molecule is empty or invalid)."""
-        return chem.selfies_to_smiles(self.decode_selfies(ids))
 
 
 # ----------------------------------------------------------------------------- BPE

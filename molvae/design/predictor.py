@@ -103,14 +103,9 @@ def train_predictor(
     if len(z) == 0:
         raise ValueError("no training molecules for the predictor")
     mask = np.isfinite(y)
-    mean = np.array(
-        [y[mask[:, t], t].mean() if mask[:, t].any() else 0.0 for t in range(y.shape[1])]
-    )
-    std = np.array([y[mask[:, t], t].std() if mask[:, t].any() else 1.0 for t in range(y.shape[1])])
     pcfg = PredictorConfig(z.shape[1], tuple(targets), tuple(cfg.hidden), cfg.n_models)
     pred = Predictor(pcfg, rngs=nnx.Rngs(cfg.seed))
-    pred.y_mean[...] = jnp.asarray(mean, jnp.float32)
-    pred.y_std[...] = jnp.asarray(np.maximum(std, 1e-6), jnp.float32)
+    pred.scale_to(y)
     graphdef, params, rest = nnx.split(pred, nnx.Param, ...)
     rows = _bucket(len(z))
     lv = np.zeros_like(z) if logvar is None else np.asarray(logvar, np.float32)

@@ -18,6 +18,7 @@ from rdkit import Chem
 from rdkit.Chem import Draw
 
 from molvae import chem
+from molvae.api import load
 from molvae.store import folder, names
 
 log = logging.getLogger(__name__)
@@ -86,8 +87,6 @@ class _Inputs:
         return self._cache[name]
 
     def model(self):
-        from molvae.api import load
-
         return self._get("model", lambda: load(self.run_dir))
 
     def test(self) -> pd.DataFrame | None:

@@ -131,14 +131,9 @@ def _gru_forward(xp, h0, mask, wh, bh, dtype):
 
     def body(h, inputs):
         xp_t, m_t = inputs
-        hp = _mm(h, wh, dtype) + bh
-        xr, xz, xn = jnp.split(xp_t, 3, axis=-1)
-        hr, hz, hn = jnp.split(hp, 3, axis=-1)
-        r = jax.nn.sigmoid(xr + hr)
-        z = jax.nn.sigmoid(xz + hz)
-        n = jnp.tanh(xn + r * hn)
-        h_new = jnp.where(m_t[:, None], (1.0 - z) * n + z * h, h)
-        return h_new, (h_new, (r, z, n, hn))
+        h_new, gates = _gates(xp_t, h, wh, bh, dtype)
+        h_new = jnp.where(m_t[:, None], h_new, h)
+        return h_new, (h_new, gates)
 
     h_last, (ys, res) = prefetch_scan(body, h0, (xp, mask))
     return (ys, h_last), res
@@ -205,16 +200,22 @@ def _gru_bwd(dtype, saved, cotangents):
 _gru_scan.defvjp(_gru_fwd, _gru_bwd)
 
 
-def _gru_step(
-    xp: jax.Array, h: jax.Array, wh: jax.Array, bh: jax.Array, dtype: str = "float32"
-) -> jax.Array:
+def _gates(xp, h, wh, bh, dtype):
+    """The GRU cell (the one copy of its gate math): next state and the gates (r, z, n, hn) the
+    hand-written backward pass reuses."""
     hp = _mm(h, wh, dtype) + bh  # (B, 3H)
     xr, xz, xn = jnp.split(xp, 3, axis=-1)
     hr, hz, hn = jnp.split(hp, 3, axis=-1)
     r = jax.nn.sigmoid(xr + hr)
     z = jax.nn.sigmoid(xz + hz)
     n = jnp.tanh(xn + r * hn)
-    return (1.0 - z) * n + z * h
+    return (1.0 - z) * n + z * h, (r, z, n, hn)
+
+
+def _gru_step(
+    xp: jax.Array, h: jax.Array, wh: jax.Array, bh: jax.Array, dtype: str = "float32"
+) -> jax.Array:
+    return _gates(xp, h, wh, bh, dtype)[0]
 
 
 def reverse_padded(x: jax.Array, lengths: jax.Array) -> jax.Array:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 
@@ -65,6 +66,16 @@ class Predictor(nnx.Module):
         self.layers = nnx.List([EnsembleLinear(cfg.n_models, a, b, rngs=rngs) for a, b in pairs])
         self.y_mean = Stats(jnp.zeros(len(cfg.targets)))
         self.y_std = Stats(jnp.ones(len(cfg.targets)))
+
+    def scale_to(self, y) -> None:
+        """Set the output scaling to the targets' mean and spread over their observed values,
+        y (n, T) with nan where unknown (0 and 1 for a target with no value)."""
+        y = np.asarray(y, np.float64).reshape(-1, len(self.cfg.targets))
+        seen = np.isfinite(y)
+        mean = [y[seen[:, t], t].mean() if seen[:, t].any() else 0.0 for t in range(y.shape[1])]
+        std = [y[seen[:, t], t].std() if seen[:, t].any() else 1.0 for t in range(y.shape[1])]
+        self.y_mean[...] = jnp.asarray(mean, jnp.float32)
+        self.y_std[...] = jnp.asarray(np.maximum(std, 1e-6), jnp.float32)
 
     def __call__(self, z: jax.Array) -> jax.Array:
         """Standardised predictions of every member, (M, B, T), for z (B, Z) shared by all

@@ -17,15 +17,16 @@ DECODERS = ("gru", "transformer")
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture. Defaults are the demo model; `moses_gru` mirrors the MOSES VAE."""
+    """Architecture. Defaults are conf/model/default.yaml's (the demo model; tests/test_config.py
+    keeps them equal); `model=moses_gru` mirrors the MOSES VAE."""
 
     vocab_size: int = 0  # set from the vocabulary
-    embed_dim: int = 64
-    enc_hidden: int = 256
+    embed_dim: int = 32
+    enc_hidden: int = 128
     enc_layers: int = 1
     bidirectional: bool = True
     latent_dim: int = 64
-    dec_hidden: int = 512
+    dec_hidden: int = 256
     dec_layers: int = 1
     dtype: str = "float32"  # operand type of the GRU matmuls (float32 or bfloat16; f32 sums)
     decoder: str = "gru"  # gru | transformer (dec_hidden wide, dec_layers blocks)

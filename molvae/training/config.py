@@ -11,28 +11,30 @@ class NonFiniteLossError(FloatingPointError):
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 2000
-    batch_size: int = 256
-    lr: float = 1e-3
+    """Defaults are conf/train/default.yaml's (tests/test_config.py keeps them equal)."""
+
+    steps: int = 1200
+    batch_size: int = 128
+    lr: float = 0.002
     lr_schedule: str = "cosine"  # constant | cosine (to lr_end_factor * lr)
     lr_end_factor: float = 0.1
     warmup_steps: int = 100
     weight_decay: float = 0.0  # > 0 switches Adam to AdamW
     clip_norm: float = 1.0
     kl_schedule: str = "linear"  # constant | linear | cyclical
-    kl_max: float = 1.0  # the KL weight beta reached by the schedule
+    kl_max: float = 0.5  # the KL weight beta reached by the schedule
     kl_start: float = 0.0
-    kl_warmup_steps: int = 1000  # linear: steps from kl_start to kl_max
+    kl_warmup_steps: int = 600  # linear: steps from kl_start to kl_max
     kl_cycles: int = 4  # cyclical (Fu et al. 2019): number of cycles over `steps`
     kl_ratio: float = 0.5  # cyclical: fraction of each cycle spent increasing beta
     free_bits: float = 0.0  # nats per latent dimension below which KL is not penalised
     # Stop (with a checkpoint) once the run has used this much process CPU time, summed over
     # resumes; 0 = no limit. Quality studies compare arms at equal CPU time with it.
     cpu_budget_s: float = 0.0
-    eval_every: int = 500
+    eval_every: int = 400
     eval_size: int = 1000
     log_every: int = 50
-    ckpt_every: int = 500
+    ckpt_every: int = 400
     keep_checkpoints: int = 2
     seed: int = 0
     progress: bool = True

@@ -36,8 +36,7 @@ def joint_predictor(model_cfg: ModelConfig, cfg: TrainConfig, y: np.ndarray):
     if not ok.any(0).all():
         missing = [t for t, o in zip(cfg.property_targets, ok.any(0), strict=True) if not o]
         raise ValueError(f"no training molecule has a value for property {missing}")
-    pred.y_mean[...] = jnp.asarray(np.nanmean(y, 0), jnp.float32)
-    pred.y_std[...] = jnp.asarray(np.maximum(np.nanstd(y, 0), 1e-6), jnp.float32)
+    pred.scale_to(y)
     return pred
 
 

@@ -1,0 +1,69 @@
+"""One source of defaults: every default YAML of conf/ equals its dataclass, key for key."""
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from molvae.data import DataConfig
+from molvae.design.registry import METHODS
+from molvae.models.vae import ModelConfig
+from molvae.training import TrainConfig
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+# Keys a YAML group carries for the scripts, not for its dataclass.
+SCRIPT_KEYS = {"data": {"reference"}, "optimize": {"method", "budget"}}
+
+
+def _compose(name: str, overrides: list[str]) -> dict:
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        cfg = compose(name, overrides=overrides)
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def _defaults(cls) -> dict:
+    out = {}
+    for f in dataclasses.fields(cls):
+        v = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        out[f.name] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def _agree(group: str, yaml: dict, cls) -> None:
+    yaml = {k: v for k, v in yaml.items() if k not in SCRIPT_KEYS.get(group, set())}
+    want = _defaults(cls)
+    want.pop("vocab_size", None)  # set from the vocabulary, never configured
+    assert set(yaml) == set(want), (
+        f"{group}: only in YAML {sorted(set(yaml) - set(want))}, "
+        f"only in {cls.__name__} {sorted(set(want) - set(yaml))}"
+    )
+    differ = {k: (yaml[k], want[k]) for k in want if yaml[k] != want[k]}
+    assert not differ, f"{group}: YAML vs {cls.__name__} defaults (yaml, python): {differ}"
+
+
+def test_train_script_defaults_are_the_dataclass_defaults():
+    cfg = _compose("config", [])  # data=moses_sample, model=default, train=default
+    _agree("data", cfg["data"], DataConfig)
+    _agree("model", cfg["model"], ModelConfig)
+    _agree("train", cfg["train"], TrainConfig)
+
+
+@pytest.mark.parametrize("method", ["gradient", "bo", "constrained"])
+def test_every_optimize_group_is_its_methods_config(method):
+    cfg = _compose("optimize_run", [f"optimize={method}", "run_dir=unused"])
+    assert cfg["optimize"]["method"] == method
+    _agree("optimize", cfg["optimize"], METHODS[method].config)
+
+
+def test_a_disagreement_is_caught():
+    cfg = _compose("config", ["train.lr=0.5"])
+    with pytest.raises(AssertionError, match=r"'lr': \(0.5, 0.002\)"):
+        _agree("train", cfg["train"], TrainConfig)
+
+
+def test_the_cli_offers_every_registered_search():
+    from molvae import cli
+
+    assert set(cli.SEARCH_METHODS) == {n for n, m in METHODS.items() if m.search}
