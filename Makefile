@@ -11,9 +11,10 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "molvae needs Python >= 3.11"'
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -q -e ".[dev,sweeps]"
-	@# ChemNet's published weights (the fcd wheel, 53 MB) for FCD, which the demo reports: fetched
-	@# here, with the packages, so the runs themselves need no network.
-	$(PY) -c 'from molvae import fetch; fetch.wheel_path(fetch.FCD)'
+	@# ChemNet's published weights (the fcd wheel, 53 MB) for FCD, which the demo reports, and
+	@# GuacaMol's scoring functions for the PMO tasks: fetched here, with the packages, so the
+	@# runs themselves need no network.
+	$(PY) -c 'from molvae import fetch; fetch.wheel_path(fetch.FCD); fetch.wheel_path(fetch.GUACAMOL)'
 	@touch $(STAMP)
 
 demo: $(STAMP)

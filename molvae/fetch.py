@@ -41,6 +41,14 @@ FCD = Wheel(
     "FCD-1.1-py3-none-any.whl",
     "68ab17039ccf41d5c5e4df8db4cff90da51f487e0a7d5ed5094a1297e4fe26bf",
 )
+# GuacaMol's goal-directed scoring functions (Brown et al. 2019; MIT), which the PMO tasks use
+# (molvae.design.pmo). Imported from the wheel: its declared dependencies would replace RDKit.
+GUACAMOL = Wheel(
+    "guacamol",
+    "0.5.5",
+    "guacamol-0.5.5-py3-none-any.whl",
+    "9fea8922fa11513d605a2f97b72aa1b4b82c2109f6366b0ccb0bbdeabddaa131",
+)
 
 
 def cache_dir() -> Path:
