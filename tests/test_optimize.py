@@ -580,3 +580,61 @@ def test_the_constrained_config_group_builds_its_settings(root):
     assert script.method_options(cfg.optimize) == ("constrained", 0, ConstrainedConfig())
     method, budget, settings = script.method_options(bo.optimize)
     assert (method, budget, settings.batch_size) == ("bo", 1000, 4)
+
+
+class CellModel:
+    """A 2-D latent space cut into cells of side 0.1, one small amine per cell (400 in all): a
+    tiny trust region stays in one cell (no new molecule), the prior finds new ones. With
+    `few`, only five distinct molecules exist at all."""
+
+    latent_dim = 2
+
+    def __init__(self, few: bool = False):
+        self.few = few
+
+    def decode(self, z):
+        keys = np.floor(np.asarray(z, float) * 10).astype(int) % 20
+        if self.few:
+            return ["C" * (1 + (a + b) % 5) for a, b in keys]
+        return ["C" * (1 + a) + "N" + "C" * b for a, b in keys]
+
+
+def _length(smiles):
+    return [float(len(s)) for s in smiles]
+
+
+@pytest.mark.parametrize("method", ["bo", "gradient"])
+def test_a_stalled_search_restarts_and_spends_the_whole_budget(method):
+    """A search whose proposals stop yielding new molecules restarts from fresh prior samples
+    (and, for bo, a fresh trust region) instead of giving up; stop_on_stall=True gives up."""
+    small = {
+        "bo": dict(
+            batch_size=4,
+            length_init=0.01,
+            length_min=0.005,
+            length_max=0.02,
+            n_candidates=64,
+            gp_steps=5,
+        ),
+        "gradient": dict(n_starts=4, steps=2, snapshots=1, radius=0.01, fit_steps=5),
+    }
+    opts = dict(small[method], n_init=8, patience=2)  # fmt: skip
+    r = molvae.optimize(CellModel(), _length, method=method, budget=60, progress=False, **opts)
+    assert len(r.history) == 60 and r.history["score"].notna().all()
+    if method == "gradient":  # half of its starts are prior draws: it never stalls here
+        return
+    assert (r.history["source"] == "restart").any()
+    early = molvae.optimize(
+        CellModel(), _length, method=method, budget=60, progress=False, stop_on_stall=True, **opts
+    )
+    assert len(early.history) < 60 and not (early.history["source"] == "restart").any()
+
+
+def test_a_search_stops_when_even_the_prior_has_nothing_new():
+    """Five molecules exist at all: the budget cannot be spent, and the loop ends (patience
+    restarts in a row without a new molecule) instead of spinning."""
+    r = molvae.optimize(
+        CellModel(few=True), _length, method="bo", budget=60, progress=False,
+        n_init=4, batch_size=4, patience=2, gp_steps=5, n_candidates=64,
+    )  # fmt: skip
+    assert len(r.history) == 5

@@ -49,7 +49,8 @@ class BOConfig:
     succ_tol: int = 3
     fail_tol: int = 0  # 0 = ceil(max(4, latent_dim) / batch_size), as TuRBO
     bound: float = 5.0  # latents stay in [-bound, bound]^Z
-    patience: int = 20
+    patience: int = 20  # rounds without a new molecule before a restart (fresh prior samples)
+    stop_on_stall: bool = False  # True: stop there instead (the budget may be left unspent)
 
     def __post_init__(self) -> None:
         if self.acquisition not in ("ts", "ei"):
@@ -146,11 +147,11 @@ def _ei(gp: GP, cand: np.ndarray, q: int, best: float) -> np.ndarray:
 
 
 def propose(
-    gp: GP, z: np.ndarray, y: np.ndarray, top: np.ndarray, cfg: BOConfig,
+    gp: GP, center: np.ndarray, y: np.ndarray, top: np.ndarray, cfg: BOConfig,
     length: float | None, rng: np.random.Generator, seed: int,
 ) -> np.ndarray:  # fmt: skip
-    """The next batch of latents: candidates around the best latent (or global), then TS/EI."""
-    cand = candidates(z[int(np.argmax(y))], gp, cfg, length, rng, top)
+    """The next batch of latents: candidates around `center` (or global), then TS/EI."""
+    cand = candidates(center, gp, cfg, length, rng, top)
     q = min(cfg.batch_size, cfg.n_candidates)
     if cfg.acquisition == "ts":
         return _thompson(gp, cand, q, seed)
@@ -172,16 +173,20 @@ def run_bo(
     GP is the surrogate)."""
     if predictor is not None:
         log.warning("method bo does not use a predictor; the one given is ignored")
-    loop = Loop(model, oracle, cfg.patience, progress, "bo")
+    loop = Loop(model, oracle, cfg.patience, progress, "bo", cfg.stop_on_stall, cfg.batch_size,
+                seed)  # fmt: skip
     rng = np.random.default_rng([seed, 2])
     initial_design(loop, cfg.n_init or max(oracle.budget // 10, 16), seed, init_smiles)
     d = model.latent_dim
     fail_tol = cfg.fail_tol or math.ceil(max(4, d) / cfg.batch_size)
     tr = TrustRegion(cfg.length_init, cfg, fail_tol) if cfg.trust_region else None
-    params = None
+    params, restarts = None, 0
     while not loop.done:
         loop.next_round()
         z, y = loop.evals.arrays()
+        if tr is not None and loop.restarts != restarts:  # TuRBO: a fresh region, fresh start
+            restarts = loop.restarts
+            tr.length, tr.succ, tr.fail = cfg.length_init, 0, 0
         if len(y) < 2:  # nothing to model yet: explore the prior
             loop.evaluate(rng.standard_normal((cfg.batch_size, d)).astype(np.float32), "prior")
             continue
@@ -192,7 +197,10 @@ def run_bo(
         params = gp.params
         top = loop.evals.top_latents(10)
         length = tr.length if tr else None
-        batch = propose(gp, z, y, top, cfg, length, rng, seed * 100_003 + loop.round)
+        # the region's centre: the best point since the last restart (the best overall before)
+        zc, yc = loop.evals.arrays(since=loop.restart_at)
+        center = zc[int(np.argmax(yc))] if len(yc) else z[int(np.argmax(y))]
+        batch = propose(gp, center, y, top, cfg, length, rng, seed * 100_003 + loop.round)
         t1, before = time.perf_counter(), oracle.n_calls
         scores = loop.evaluate(batch, "bo")
         log.debug("round %d: surrogate + acquisition %.2f s, decode + score %.2f s",

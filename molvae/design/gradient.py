@@ -46,7 +46,8 @@ class GradientConfig:
     ucb: float = 0.0  # ascend mean + ucb * ensemble std (optimism about unexplored latents)
     refit: bool = True  # refit the predictor on everything scored, every round
     fit_steps: int = 500
-    patience: int = 20  # rounds without a new molecule before stopping early
+    patience: int = 20  # rounds without a new molecule before a restart (fresh prior samples)
+    stop_on_stall: bool = False  # True: stop there instead (the budget may be left unspent)
 
     def __post_init__(self) -> None:
         for name in ("n_starts", "steps", "snapshots", "fit_steps", "patience"):
@@ -144,7 +145,8 @@ def run_gradient(
     target, sign = 0, 1.0
     if predictor is not None:
         target, sign = target_index(predictor, obj.name), obj.sign
-    loop = Loop(model, oracle, cfg.patience, progress, "gradient")
+    loop = Loop(model, oracle, cfg.patience, progress, "gradient", cfg.stop_on_stall,
+                cfg.n_starts, seed)  # fmt: skip
     rng = np.random.default_rng([seed, 1])
     n_init = cfg.n_init or max(oracle.budget // 10, 16)
     initial_design(loop, n_init if predictor is None else min(n_init, 8), seed, init_smiles)

@@ -32,11 +32,12 @@ class Evaluations:
         self.smiles.extend(smiles)
         self.scores.extend(np.asarray(scores, float))
 
-    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """(n, Z) latents and (n,) scores of the finitely scored points."""
-        y = np.asarray(self.scores, float)
+    def arrays(self, since: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """(n, Z) latents and (n,) scores of the finitely scored points (those recorded from
+        index `since` on)."""
+        y = np.asarray(self.scores[since:], float)
         ok = np.isfinite(y)
-        z = np.stack(self.z)[ok] if self.z else np.zeros((0, 0), np.float32)
+        z = np.stack(self.z[since:])[ok] if self.z[since:] else np.zeros((0, 0), np.float32)
         return z, y[ok]
 
     def top_latents(self, k: int) -> np.ndarray:
@@ -58,12 +59,29 @@ class Evaluations:
 
 
 class Loop:
-    """Runs decode -> oracle rounds, with a progress bar over the budget and a stall stop."""
+    """Runs decode -> oracle rounds with a progress bar over the budget, and spends the budget:
+    after `patience` rounds without a new molecule it restarts (a batch of fresh prior samples;
+    the method sees `restarts` grow and restarts its own state, e.g. the trust region). It stops
+    early only if asked to (`stop_on_stall`), or if `patience` restarts in a row bring nothing
+    new (the model cannot produce new molecules)."""
 
-    def __init__(self, model: MolVAE, oracle: Oracle, patience: int, progress: bool, desc: str):
+    def __init__(
+        self,
+        model: MolVAE,
+        oracle: Oracle,
+        patience: int,
+        progress: bool,
+        desc: str,
+        stop_on_stall: bool = False,
+        restart_batch: int = 20,
+        seed: int = 0,
+    ):
         self.model, self.oracle, self.patience = model, oracle, patience
+        self.stop_on_stall, self.restart_batch = stop_on_stall, restart_batch
         self.evals = Evaluations()
         self.round, self.stalled = 0, 0
+        self.restarts, self.restart_at, self._dry_restarts = 0, 0, 0
+        self._rng = np.random.default_rng([seed, 29])
         self.bar = tqdm(
             total=oracle.budget,
             initial=oracle.n_calls,
@@ -106,7 +124,9 @@ class Loop:
     def done(self) -> bool:
         if self.oracle.exhausted:
             return True
-        if self.stalled >= self.patience:
+        if self.stalled < self.patience:
+            return False
+        if self.stop_on_stall:
             log.warning(
                 "stopping after %d rounds without a new molecule (%d of %d calls used)",
                 self.stalled,
@@ -114,7 +134,33 @@ class Loop:
                 self.oracle.budget,
             )
             return True
-        return False
+        while self._dry_restarts < self.patience and not self.oracle.exhausted:
+            if self.restart():
+                return self.oracle.exhausted
+        if not self.oracle.exhausted:
+            log.warning(
+                "stopping: %d restarts from the prior in a row brought no new molecule "
+                "(%d of %d calls used)",
+                self._dry_restarts,
+                self.oracle.n_calls,
+                self.oracle.budget,
+            )
+        return True
+
+    def restart(self) -> bool:
+        """Score a batch of fresh prior samples and start the search's state over from them;
+        True if it brought a new molecule."""
+        self.restarts += 1
+        self.restart_at = len(self.evals.scores)
+        log.info("restart %d after %d rounds without a new molecule (%d of %d calls used)",
+                 self.restarts, self.stalled, self.oracle.n_calls, self.oracle.budget)  # fmt: skip
+        before = self.oracle.n_calls
+        self.next_round()
+        z = self._rng.standard_normal((self.restart_batch, self.model.latent_dim))
+        self.evaluate(z.astype(np.float32), "restart")
+        fresh = self.oracle.n_calls > before
+        self._dry_restarts = 0 if fresh else self._dry_restarts + 1
+        return fresh
 
     def next_round(self) -> None:
         self.round += 1
