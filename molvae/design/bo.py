@@ -188,12 +188,14 @@ def run_bo(
             restarts = loop.restarts
             tr.length, tr.succ, tr.fail = cfg.length_init, 0, 0
         if len(y) < 2:  # nothing to model yet: explore the prior
-            loop.evaluate(rng.standard_normal((cfg.batch_size, d)).astype(np.float32), "prior")
+            loop.evaluate(loop.fresh(cfg.batch_size, rng), "prior")
             continue
         t0 = time.perf_counter()
         # Hyperparameters are warm-started after the first fit, so later fits take fewer steps.
         steps = cfg.gp_steps if params is None else max(cfg.gp_steps // 4, 1)
-        gp = GP.fit(*gp_training_set(z, y, cfg.max_points), params, steps=steps)
+        # the surrogate also sees where proposals were invalid or unscored (as poor scores)
+        gp = GP.fit(*gp_training_set(*loop.evals.arrays(unscored=True), cfg.max_points), params,
+                    steps=steps)  # fmt: skip
         params = gp.params
         top = loop.evals.top_latents(10)
         length = tr.length if tr else None

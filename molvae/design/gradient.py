@@ -118,10 +118,10 @@ def ascend(
 
 
 def _starts(loop: Loop, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Half near the best latents so far, half fresh (prior draws, or around init_smiles)."""
     best = loop.evals.top_latents(n // 2)
     noise = 0.1 * rng.standard_normal(best.shape).astype(np.float32)
-    prior = rng.standard_normal((n - len(best), loop.model.latent_dim)).astype(np.float32)
-    return np.concatenate([best + noise, prior])
+    return np.concatenate([best + noise, loop.fresh(n - len(best), rng)])
 
 
 @register("gradient", GradientConfig)
@@ -159,7 +159,7 @@ def run_gradient(
             predictor = train_predictor(z_seen, y_seen[:, None], ["score"], None, fit)
             target, sign = 0, 1.0  # it predicts the score itself
         if predictor is None:  # too few scores to learn from: explore the prior
-            loop.evaluate(rng.standard_normal((cfg.n_starts, model.latent_dim)), "prior")
+            loop.evaluate(loop.fresh(cfg.n_starts, rng), "prior")
             continue
         z0 = _starts(loop, cfg.n_starts, rng)
         path = ascend(

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from molvae.api import MolVAE
 
 log = logging.getLogger(__name__)
+ANCHOR_SCALE = 0.2  # spread of fresh latents around init_smiles (see README: Optimization)
 
 
 @dataclass
@@ -32,11 +33,16 @@ class Evaluations:
         self.smiles.extend(smiles)
         self.scores.extend(np.asarray(scores, float))
 
-    def arrays(self, since: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    def arrays(self, since: int = 0, unscored: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(n, Z) latents and (n,) scores of the finitely scored points (those recorded from
-        index `since` on)."""
+        index `since` on). unscored=True keeps the others too (invalid decodes, molecules the
+        objective cannot score), valued one spread below the worst score (LOL-BO's treatment),
+        so that a surrogate learns to avoid where they come from."""
         y = np.asarray(self.scores[since:], float)
         ok = np.isfinite(y)
+        if unscored and ok.any() and not ok.all():
+            floor = y[ok].min() - max(float(y[ok].std()), 1e-3)
+            y, ok = np.where(ok, y, floor), np.ones(len(y), bool)
         z = np.stack(self.z[since:])[ok] if self.z[since:] else np.zeros((0, 0), np.float32)
         return z, y[ok]
 
@@ -82,6 +88,10 @@ class Loop:
         self.round, self.stalled = 0, 0
         self.restarts, self.restart_at, self._dry_restarts = 0, 0, 0
         self._rng = np.random.default_rng([seed, 29])
+        # Latents of the user's starting molecules (init_smiles): when given, fresh points are
+        # drawn around them instead of from the prior, so the search stays near the leads.
+        self.anchors: np.ndarray | None = None
+
         self.bar = tqdm(
             total=oracle.budget,
             initial=oracle.n_calls,
@@ -90,6 +100,14 @@ class Loop:
             dynamic_ncols=True,
             mininterval=1.0,
         )
+
+    def fresh(self, n: int, rng: np.random.Generator, scale: float = ANCHOR_SCALE) -> np.ndarray:
+        """n new latents to explore: prior draws, or, with anchors, draws around them
+        (anchor + scale * N(0, I), the anchors taken in turn)."""
+        eps = rng.standard_normal((n, self.model.latent_dim)).astype(np.float32)
+        if self.anchors is None or not len(self.anchors):
+            return eps
+        return self.anchors[np.arange(n) % len(self.anchors)] + np.float32(scale) * eps
 
     def evaluate(
         self,
@@ -116,9 +134,11 @@ class Loop:
         return scores
 
     def evaluate_smiles(self, smiles: Sequence[str], source: str = "init") -> None:
-        """Encode user molecules and score them (charged like any other molecule)."""
+        """Encode user molecules, score them (charged like any other molecule) and anchor the
+        search at their latents (see `fresh`)."""
         mu, _, keep = encode_valid(self.model, smiles)
         self.evaluate(mu, source, [smiles[i] for i in keep])
+        self.anchors = np.asarray(mu, np.float32) if len(mu) else None
 
     @property
     def done(self) -> bool:
@@ -156,8 +176,9 @@ class Loop:
                  self.restarts, self.stalled, self.oracle.n_calls, self.oracle.budget)  # fmt: skip
         before = self.oracle.n_calls
         self.next_round()
-        z = self._rng.standard_normal((self.restart_batch, self.model.latent_dim))
-        self.evaluate(z.astype(np.float32), "restart")
+        # around the anchors, a little wider at each restart in a row without a new molecule
+        z = self.fresh(self.restart_batch, self._rng, ANCHOR_SCALE * (1 + self._dry_restarts))
+        self.evaluate(z, "restart")
         fresh = self.oracle.n_calls > before
         self._dry_restarts = 0 if fresh else self._dry_restarts + 1
         return fresh
@@ -181,15 +202,16 @@ def _first_new(smiles: Sequence[str], oracle: Oracle, limit: int) -> int:
 
 
 def initial_design(loop: Loop, n: int, seed: int, init_smiles: Sequence[str] | None) -> None:
-    """Score the user's starting molecules, then prior samples until n calls are used."""
+    """Score the user's starting molecules, then fresh latents (prior samples, or
+    neighbourhoods of the starting molecules: Loop.fresh) until n calls are used."""
     if init_smiles:
         loop.evaluate_smiles(list(init_smiles))
     rng = np.random.default_rng([seed, 17])
+    source = "prior" if loop.anchors is None else "near_init"
     tries = 0
     while loop.oracle.n_calls < min(n, loop.oracle.budget) and tries < 20:
         want = min(n, loop.oracle.budget) - loop.oracle.n_calls
-        z = rng.standard_normal((max(2 * want, 8), loop.model.latent_dim)).astype(np.float32)
-        loop.evaluate(z, "prior", limit=want)
+        loop.evaluate(loop.fresh(max(2 * want, 8), rng), source, limit=want)
         tries += 1
     if not np.isfinite(loop.evals.scores).any():
         log.warning("no finite score among %d initial molecules", len(loop.evals.scores))
