@@ -46,8 +46,21 @@ class ConstrainedConfig:
     steps: int = 80  # Adam steps on the predictor from each start
     lr: float = 0.02
     snapshots: int = 20  # points decoded along each path (<= steps)
+    # Candidates sampled around each start's latent besides the path (start + scale * N(0, I),
+    # split evenly over `scales`), as the literature's "decode many neighbours" protocols do.
+    neighbours: int = 100
+    scales: tuple[float, ...] = (0.1, 0.2, 0.4)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "scales", tuple(self.scales))
+        if isinstance(self.neighbours, bool) or not isinstance(self.neighbours, int):
+            raise ValueError(
+                f"optimize.neighbours must be an integer >= 0, got {self.neighbours!r}"
+            )
+        if self.neighbours < 0 or (self.neighbours and not self.scales):
+            raise ValueError("optimize.neighbours must be >= 0, with at least one scale")
+        if not all(isinstance(x, int | float) and x > 0 for x in self.scales):
+            raise ValueError(f"optimize.scales must be positive numbers, got {self.scales!r}")
         for key in ("n_molecules", "steps", "snapshots"):
             v = getattr(self, key)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -130,8 +143,10 @@ def constrained_optimize(
     path = ascend(
         predictor, mu, target, cfg.steps, cfg.lr, snapshots=cfg.snapshots, sign=obj.sign
     )  # (S, n, Z)
-    found = [model.decode(p) for p in tqdm(path, desc="decode", disable=not progress)]
-    cands = [[f[i] for f in found] for i in range(len(starts))]  # per molecule, (S,)
+    near = _neighbours(mu, cfg, seed=0)  # (K, n, Z)
+    points = np.concatenate([path, near]) if len(near) else path
+    found = [model.decode(p) for p in tqdm(points, desc="decode", disable=not progress)]
+    cands = [[f[i] for f in found] for i in range(len(starts))]  # per molecule, (S + K,)
     rows = []
     fps_start = chem.fingerprints(starts)
     for i, (s, c) in enumerate(zip(starts, cands, strict=True)):
@@ -150,6 +165,16 @@ def constrained_optimize(
     }
     summary["deltas"] = {str(d): _summary(table[table["delta"] == d]) for d in cfg.deltas}
     return table, summary
+
+
+def _neighbours(mu: np.ndarray, cfg: ConstrainedConfig, seed: int) -> np.ndarray:
+    """(neighbours, n, Z) latents around each start: scale s * N(0, I) for each s in turn."""
+    if not cfg.neighbours or not len(mu):
+        return np.zeros((0, *mu.shape), np.float32)
+    rng = np.random.default_rng([seed, 31])
+    scale = np.asarray(cfg.scales, np.float32)[np.arange(cfg.neighbours) % len(cfg.scales)]
+    eps = rng.standard_normal((cfg.neighbours, *mu.shape)).astype(np.float32)
+    return mu[None] + scale[:, None, None] * eps
 
 
 def _best(start, s0, cands, scores, sim, delta) -> dict:
