@@ -212,10 +212,10 @@ def train(
         scores = joint.save_joint_predictor(model, pred, (val_t, val_l), y_val, cfg, run_dir)
         final.update(scores)
         logger.log({"step": step, **scores})
-    rounded = json.dumps({k: round(v, 4) for k, v in final.items()})
     if start >= cfg.steps:  # a finished run started again: nothing was trained
         final = {**folder.last_validation(run_dir / METRICS_JSONL), **final}
-        rounded = json.dumps({k: round(v, 4) for k, v in final.items()})
+    rounded = json.dumps({k: round(v, 4) for k, v in final.items()})
+    if start >= cfg.steps:
         log.info("run already complete at step %d (train.steps=%d); final validation: %s",
                  step, cfg.steps, rounded)  # fmt: skip
     else:
