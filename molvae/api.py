@@ -42,12 +42,23 @@ class MolVAE:
     ):
         self.model, self.vocab, self.max_len = model, vocab, max_len
         self.run_dir, self.config = run_dir, config or {}
+        self.decode_dtype = decode_dtype
         fragments = self.config.get("data", {}).get("fragments", "largest")
         self.codec = LatentCodec(model, vocab, max_len, fragments)  # SMILES -> latents, scores
         self.engine = DecodingEngine(model, vocab, max_len, decode_dtype)  # latents -> SMILES
         self.predictor = None  # a latent property predictor saved in the run folder, if any
         # held-out per-symbol log-likelihood percentiles (likelihood.json), for anomaly_percentile
         self.calibration: dict | None = None
+
+    def with_model(self, model: VAE) -> MolVAE:
+        """The same vocabulary, preprocessing and settings around other parameters of the same
+        architecture (a fine-tuned copy, as LOL-BO makes). Without a predictor or calibration:
+        both were fitted to the original latent space."""
+        if model.cfg != self.model.cfg:
+            raise ValueError(
+                f"with_model needs the same architecture: {model.cfg} != {self.model.cfg}"
+            )
+        return MolVAE(model, self.vocab, self.max_len, self.run_dir, self.config, self.decode_dtype)
 
     @property
     def property_names(self) -> tuple[str, ...]:

@@ -28,7 +28,7 @@ EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 # molvae.design's registered searches, named here so that --help needs no JAX start-up
 # (tests/test_config.py checks the two agree).
-SEARCH_METHODS = ("bo", "gradient")
+SEARCH_METHODS = ("bo", "gradient", "lolbo")
 
 
 def _read_smiles(path: str, column: str) -> list[str]:
@@ -244,7 +244,8 @@ def parser() -> argparse.ArgumentParser:
         "--method",
         default="bo",
         choices=SEARCH_METHODS,
-        help="Bayesian optimization or gradient ascent on a latent predictor (default bo)",
+        help="bo: Bayesian optimization; lolbo: BO in a latent space fine-tuned on the best "
+        "molecules; gradient: ascent on a latent predictor (default bo)",
     )
     o.add_argument(
         "--budget", type=_positive, default=100, help="distinct molecules scored (default 100)"

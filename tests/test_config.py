@@ -50,7 +50,7 @@ def test_train_script_defaults_are_the_dataclass_defaults():
     _agree("train", cfg["train"], TrainConfig)
 
 
-@pytest.mark.parametrize("method", ["gradient", "bo", "constrained"])
+@pytest.mark.parametrize("method", ["gradient", "bo", "lolbo", "constrained"])
 def test_every_optimize_group_is_its_methods_config(method):
     cfg = _compose("optimize_run", [f"optimize={method}", "run_dir=unused"])
     assert cfg["optimize"]["method"] == method

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import pytest
+import jax
 from flax import nnx
 
 import molvae
@@ -29,8 +30,10 @@ from molvae.design import (
     register,
 )
 from molvae.design import gradient as gradient_module
+from molvae.design import lolbo as lolbo_module
 from molvae.design import plots as report
 from molvae.design.gp import GP
+from molvae.design.lolbo import LOLBOConfig
 from molvae.design.gradient import ascend
 from molvae.design.predictor import FitConfig, fit_latent, predict
 from molvae.models.predictor import Predictor, PredictorConfig
@@ -689,3 +692,59 @@ def test_init_smiles_anchor_the_search_at_their_latents(method):
     assert h["score"].iloc[1:].notna().mean() >= 0.6  # it pushes to the edge: some fall off
     free = molvae.optimize(LeadModel(), _near_lead, method=method, budget=30, **opts)
     assert free.history["score"].notna().mean() <= 0.2  # from the prior: far from the lead
+
+
+# ----------------------------------------------------------------------------- LOL-BO
+
+
+def _params(m):
+    return [np.asarray(x).copy() for x in jax.tree.leaves(nnx.state(m.model, nnx.Param))]
+
+
+def test_lolbo_fine_tunes_a_copy_and_searches_in_the_tuned_latent_space(model):
+    """LOL-BO spends the budget exactly, fine-tunes when rounds stop improving, re-encodes the
+    record with the tuned encoder, and leaves the user's model untouched."""
+    before = _params(model)
+    seen = []
+    orig = lolbo_module.reencode
+
+    def spy(loop):
+        n = orig(loop)
+        seen.append((loop.model, list(loop.evals.smiles), np.stack(loop.evals.z)))
+        return n
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(lolbo_module, "reencode", spy)
+        r = molvae.optimize(
+            model, "qed", method="lolbo", budget=40, seed=0, progress=False, n_init=16,
+            batch_size=8, gp_steps=5, n_candidates=64, tune_every=1, min_molecules=8,
+            tune_batch=8, tune_epochs=1,
+        )  # fmt: skip
+    assert len(r.history) == 40 and r.method == "lolbo"
+    assert seen, "no fine-tune happened"
+    tuned, smiles, z_rec = seen[-1]  # the record right after the last re-encode
+    assert tuned is not model and tuned.model is not model.model
+    assert all(np.array_equal(a, b) for a, b in zip(before, _params(model), strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(before, _params(tuned), strict=True))
+    rows = [i for i, s in enumerate(smiles) if s and tuned.encodable([s])[0]]
+    np.testing.assert_allclose(z_rec[rows], tuned.encode([smiles[i] for i in rows]), atol=1e-5)
+    assert r.summary()["search_ms_per_call"] > 0
+
+
+def test_fine_tuning_aligns_the_latent_space_with_the_scores(model):
+    """The joint loss pulls the posterior means toward the score: a ridge regression of the
+    score on the means fits better after the fine-tune than before."""
+    smiles = [s for s in dict.fromkeys(model.sample(400, seed=3, greedy=True)) if s]
+    smiles = [s for s, ok in zip(smiles, model.encodable(smiles), strict=True) if ok][:96]
+    y = np.array(make_objective("qed")(smiles), np.float32)
+    cfg = LOLBOConfig(tune_epochs=20, tune_batch=32, tune_lr=1e-3, property_weight=10.0)
+    tuned, stats = lolbo_module.FineTuner(model, cfg, seed=0).fine_tune(model, smiles, y)
+
+    def r2(z):
+        x = np.c_[z, np.ones(len(z))]
+        w = np.linalg.solve(x.T @ x + 1e-2 * np.eye(x.shape[1]), x.T @ y)
+        return 1 - np.sum((x @ w - y) ** 2) / np.sum((y - y.mean()) ** 2)
+
+    assert stats["steps"] == 20 * 3
+    # measured: 0.56 before, 0.87 after (the tiny model, seed 0)
+    assert r2(tuned.encode(smiles)) > r2(model.encode(smiles)) + 0.15

@@ -1,6 +1,6 @@
 """Design in the latent space: objectives, the budgeted oracle, the latent property predictor,
-search methods behind one registry (gradient ascent, Bayesian optimization), optimize() and its
-result, the constrained (lead optimization) task.
+search methods behind one registry (gradient ascent, Bayesian optimization, LOL-BO), optimize()
+and its result, the constrained (lead optimization) task.
 
 A new search method registers its settings dataclass and run function with
 `molvae.design.registry.register` and is then `molvae.optimize(..., method=its_name)`."""
@@ -8,6 +8,7 @@ A new search method registers its settings dataclass and run function with
 from molvae.design.bo import BOConfig
 from molvae.design.constrained import ConstrainedConfig, constrained_optimize, lowest
 from molvae.design.gradient import GradientConfig
+from molvae.design.lolbo import LOLBOConfig
 from molvae.design.objectives import (
     Constraint,
     Objective,
@@ -31,6 +32,7 @@ __all__ = [
     "ConstrainedConfig",
     "FitConfig",
     "GradientConfig",
+    "LOLBOConfig",
     "Method",
     "Objective",
     "ObjectiveError",

@@ -16,7 +16,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -173,7 +173,30 @@ def run_bo(
     GP is the surrogate)."""
     if predictor is not None:
         log.warning("method bo does not use a predictor; the one given is ignored")
-    loop = Loop(model, oracle, cfg.patience, progress, "bo", cfg.stop_on_stall, cfg.batch_size,
+    bo_search(model, oracle, cfg, seed=seed, init_smiles=init_smiles, progress=progress)
+
+
+class Tuner(Protocol):
+    """Called after every BO round with whether it improved the best score; returns True when
+    it has changed the latent space (loop.model and the recorded latents), so that the GP is
+    fitted afresh."""
+
+    def __call__(self, loop: Loop, improved: bool) -> bool: ...
+
+
+def bo_search(
+    model: MolVAE,
+    oracle: Oracle,
+    cfg: BOConfig,
+    *,
+    seed: int = 0,
+    init_smiles: Sequence[str] | None = None,
+    progress: bool = True,
+    desc: str = "bo",
+    tuner: Tuner | None = None,
+) -> Loop:
+    """The BO loop of `run_bo`; `tuner` (LOL-BO) may update the model between rounds."""
+    loop = Loop(model, oracle, cfg.patience, progress, desc, cfg.stop_on_stall, cfg.batch_size,
                 seed)  # fmt: skip
     rng = np.random.default_rng([seed, 2])
     initial_design(loop, cfg.n_init or max(oracle.budget // 10, 16), seed, init_smiles)
@@ -204,10 +227,14 @@ def run_bo(
         center = zc[int(np.argmax(yc))] if len(yc) else z[int(np.argmax(y))]
         batch = propose(gp, center, y, top, cfg, length, rng, seed * 100_003 + loop.round)
         t1, before = time.perf_counter(), oracle.n_calls
-        scores = loop.evaluate(batch, "bo")
+        scores = loop.evaluate(batch, desc)
         log.debug("round %d: surrogate + acquisition %.2f s, decode + score %.2f s",
                   loop.round, t1 - t0, time.perf_counter() - t1)  # fmt: skip
+        best = np.nanmax(scores) if np.isfinite(scores).any() else -np.inf
+        improved = bool(best > y.max() + 1e-3 * abs(y.max()))
         if tr is not None:
-            best = np.nanmax(scores) if np.isfinite(scores).any() else -np.inf
-            tr.update(best > y.max() + 1e-3 * abs(y.max()), oracle.n_calls - before)
+            tr.update(improved, oracle.n_calls - before)
+        if tuner is not None and not oracle.exhausted and tuner(loop, improved):
+            params = None  # a new latent space: fit the GP's hyperparameters afresh
     loop.close()
+    return loop

@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -56,6 +57,7 @@ class Oracle:
         self._rows: list[tuple] = []
         self._replay: dict[str, tuple] = {}  # resumed rows the search has not met again yet
         self._last_error = ""
+        self.score_s = 0.0  # wall seconds spent inside the objective
         if self.path is not None:
             self._open()
 
@@ -122,9 +124,11 @@ class Oracle:
                 quota -= 1
             else:
                 self.counts["over_budget"] += 1
+        t0 = time.perf_counter()
         scored = (
             dict(zip(fresh, zip(*self._score(fresh), strict=True), strict=True)) if fresh else {}
         )
+        self.score_s += time.perf_counter() - t0
         start = len(self._rows)
         for can in accepted:
             if can in scored:

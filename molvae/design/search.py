@@ -91,6 +91,7 @@ class Loop:
         # Latents of the user's starting molecules (init_smiles): when given, fresh points are
         # drawn around them instead of from the prior, so the search stays near the leads.
         self.anchors: np.ndarray | None = None
+        self.anchor_smiles: list[str] = []  # the molecules behind them (LOL-BO re-encodes them)
 
         self.bar = tqdm(
             total=oracle.budget,
@@ -138,6 +139,7 @@ class Loop:
         search at their latents (see `fresh`)."""
         mu, _, keep = encode_valid(self.model, smiles)
         self.evaluate(mu, source, [smiles[i] for i in keep])
+        self.anchor_smiles = [smiles[i] for i in keep]
         self.anchors = np.asarray(mu, np.float32) if len(mu) else None
 
     @property
