@@ -10,10 +10,10 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
+import jax
 import numpy as np
 import pandas as pd
 import pytest
-import jax
 from flax import nnx
 
 import molvae
@@ -33,8 +33,8 @@ from molvae.design import gradient as gradient_module
 from molvae.design import lolbo as lolbo_module
 from molvae.design import plots as report
 from molvae.design.gp import GP
-from molvae.design.lolbo import LOLBOConfig
 from molvae.design.gradient import ascend
+from molvae.design.lolbo import LOLBOConfig
 from molvae.design.predictor import FitConfig, fit_latent, predict
 from molvae.models.predictor import Predictor, PredictorConfig
 
