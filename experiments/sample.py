@@ -23,6 +23,10 @@ def main(cfg: DictConfig) -> None:
         cfg.n, temperature=cfg.temperature, seed=cfg.seed, greedy=cfg.greedy, strict=cfg.strict
     )
     df = folder.write_samples(out, smiles)
+    stale = out / names.EVAL_JSON
+    if stale.exists():  # it scored the samples just replaced
+        stale.unlink()
+        log.info("removed %s (it scored the previous samples): run evaluate.py", stale)
     log.info(
         "%d samples, %.1f%% valid -> %s", len(df), 100 * df["valid"].mean(), out / names.SAMPLES_CSV
     )

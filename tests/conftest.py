@@ -10,7 +10,23 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+_USER_CACHE = Path(os.environ.get("MOLVAE_CACHE") or Path.home() / ".cache" / "molvae")
 os.environ.setdefault("MOLVAE_CACHE", str(ROOT / ".cache" / "molvae-test"))
+
+
+def _share_wheels() -> None:
+    """The tests' private cache reuses the wheels `make` fetched (fcd, guacamol, molsets:
+    sha256-checked on use), so that the tests need no network once they are there."""
+    src, dst = _USER_CACHE / "wheels", Path(os.environ["MOLVAE_CACHE"]) / "wheels"
+    if not src.is_dir() or src.resolve() == dst.resolve():
+        return
+    dst.mkdir(parents=True, exist_ok=True)
+    for wheel in src.glob("*.whl"):
+        if not (dst / wheel.name).exists():
+            (dst / wheel.name).symlink_to(wheel.resolve())
+
+
+_share_wheels()
 
 import jax  # noqa: E402
 

@@ -359,11 +359,15 @@ def test_scoring_follows_the_runs_fragment_policy(model):
         LatentCodec(model.model, model.vocab, model.max_len, fragments="smallest")
 
 
-def test_log_likelihood_with_errors_nan_keeps_rows_aligned(model):
+def test_log_likelihood_with_errors_nan_keeps_rows_aligned(model, caplog):
     mols = ["CCO", "not a molecule", "c1ccccc1", "[Xe]"]
     with pytest.raises(ValueError, match="not a molecule"):
         model.log_likelihood(mols, k=4)
-    d = model.log_likelihood(mols, k=4, details=True, errors="nan")
+    with caplog.at_level("WARNING", logger="molvae.inference.codec"):
+        d = model.log_likelihood(mols, k=4, details=True, errors="nan")
+    # the warning says which rows were skipped and why
+    assert "row 1: cannot encode molecule 'not a molecule'" in caplog.text
+    assert "row 3: symbol '[Xe]'" in caplog.text
     assert np.isnan(d["log_likelihood"]).tolist() == [False, True, False, True]
     assert d["n_symbols"].tolist() == [4, 0, 9, 0]  # [C][C][O] + end; benzene: 8 symbols + end
     good = model.log_likelihood(["CCO", "c1ccccc1"], k=4)

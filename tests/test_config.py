@@ -67,3 +67,13 @@ def test_the_cli_offers_every_registered_search():
     from molvae import cli
 
     assert set(cli.SEARCH_METHODS) == {n for n, m in METHODS.items() if m.search}
+
+
+def test_the_evaluate_script_defaults_to_the_full_suite_like_the_cli():
+    """molvae.evaluate always computes the MOSES suite; the script and `molvae evaluate` do
+    too unless asked for the basic metrics (an evaluate.py run after `make demo` used to
+    replace the demo's full metrics with the basic ones)."""
+    from molvae import cli
+
+    assert OmegaConf.load(CONF / "evaluate.yaml")["metrics"] == "all"
+    assert not cli.parser().parse_args(["evaluate", "x.csv"]).basic

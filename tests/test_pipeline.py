@@ -56,11 +56,13 @@ def test_pipeline_writes_the_run_folder(smoke_run):
 
 
 def test_sample_and_evaluate_scripts_reuse_the_run(root, smoke_run):
+    (smoke_run / "metrics.json").write_text("{}")  # the metrics of earlier samples
     run(root, "sample.py", f"run_dir={smoke_run}", "n=100", "seed=4")
+    assert not (smoke_run / "metrics.json").exists()  # stale: removed with the old samples
     samples = pd.read_csv(smoke_run / "samples.csv", keep_default_na=False)
     assert len(samples) == 100
     assert list(samples["smiles"]) == molvae.load(smoke_run).sample(100, seed=4)
-    run(root, "evaluate.py", f"run_dir={smoke_run}")
+    run(root, "evaluate.py", f"run_dir={smoke_run}", "metrics=basic")
     assert json.loads((smoke_run / "metrics.json").read_text())["n_samples"] == 100
 
 

@@ -108,13 +108,16 @@ class LatentCodec:
         if errors not in ("raise", "nan"):
             raise ValueError(f"errors must be 'raise' or 'nan', got {errors!r}")
         out: list[Encoded | None] = []
-        for s in smiles:
+        why: list[str] = []  # the first few skipped molecules and the reason, for the warning
+        for i, s in enumerate(smiles):
             try:
                 out.append(self.to_selfies(s))
-            except ValueError:
+            except ValueError as e:
                 if errors == "raise":
                     raise
                 out.append(None)
+                if len(why) < 3:
+                    why.append(f"row {i}: {e}")
         stripped = sum(e is not None and e.stripped for e in out)
         flattened = sum(e is not None and e.flattened for e in out)
         skipped = sum(e is None for e in out)
@@ -122,12 +125,13 @@ class LatentCodec:
             log.warning(
                 "scoring %d molecules as the training data was preprocessed: %d with salts or "
                 "solvents stripped (fragments=%r), %d without stereochemistry (the vocabulary "
-                "lacks it), %d skipped (invalid SMILES or symbols outside the vocabulary)",
+                "lacks it), %d skipped (invalid SMILES or symbols outside the vocabulary)%s",
                 len(out),
                 stripped,
                 self.fragments,
                 flattened,
                 skipped,
+                "".join(f"; {w}" for w in why) + ("; ..." if skipped > len(why) else ""),
             )
         return out
 
