@@ -53,14 +53,18 @@ class LOLBOConfig(BOConfig):
     kl_weight: float | None = None  # beta per molecule; None = the run's own train.kl_max
     property_weight: float = 1.0  # weight of the score predictor's loss (standardised scores)
     min_molecules: int = 32  # no fine-tune before this many molecules are scored
+    # Prior samples of the original model mixed into each fine-tune, per best molecule (no
+    # score, no oracle call): without them the decoder memorises the few hundred best
+    # molecules and the trust region decodes to nothing new.
+    replay: float = 1.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         for name in ("tune_every", "top_k", "tune_epochs", "tune_batch", "min_molecules"):
             if getattr(self, name) < 1:
                 raise ValueError(f"optimize.{name} must be >= 1, got {getattr(self, name)}")
-        if not self.tune_lr > 0 or self.property_weight < 0:
-            raise ValueError("optimize: need tune_lr > 0 and property_weight >= 0")
+        if not self.tune_lr > 0 or self.property_weight < 0 or self.replay < 0:
+            raise ValueError("optimize: need tune_lr > 0, property_weight >= 0, replay >= 0")
         if self.kl_weight is not None and self.kl_weight < 0:
             raise ValueError(f"optimize.kl_weight must be >= 0, got {self.kl_weight}")
 
@@ -71,6 +75,7 @@ class FineTuner:
 
     def __init__(self, model: MolVAE, cfg: LOLBOConfig, seed: int) -> None:
         self.cfg, self.seed = cfg, seed
+        self.base = model  # the model as given: its prior samples are the replay
         run_train = (model.config or {}).get("train", {})
         beta = cfg.kl_weight if cfg.kl_weight is not None else float(run_train.get("kl_max", 1.0))
         self.train_cfg = TrainConfig(
@@ -87,6 +92,7 @@ class FineTuner:
         self.fails = 0
         self.tunes = 0
         self.seconds = 0.0
+        self.calls_at_tune = 0  # oracle calls when the last fine-tune ran
         self._step = None  # the jitted joint step, compiled once for the model's structure
         self._graphdef = None
         self._structure = None
@@ -96,19 +102,23 @@ class FineTuner:
         if self.fails < self.cfg.tune_every:
             return False
         self.fails = 0
+        if loop.oracle.n_calls - self.calls_at_tune < self.cfg.batch_size:
+            return False  # nothing much new to learn from since the last fine-tune
         smiles, y = self._top(loop)
         if len(smiles) < self.cfg.min_molecules:
             return False
         t0 = time.perf_counter()
         tuned, stats = self.fine_tune(loop.model, smiles, y)
+        self.calls_at_tune = loop.oracle.n_calls
         loop.model = tuned
         n = reencode(loop)
         self.tunes += 1
         self.seconds += time.perf_counter() - t0
         log.info(
-            "lolbo: fine-tune %d on %d molecules (%d steps, ELBO %.2f -> %.2f, score loss "
-            "%.3f -> %.3f), %d molecules re-encoded, %.1f s",
-            self.tunes, len(smiles), stats["steps"], stats["loss0"], stats["loss1"],
+            "lolbo: fine-tune %d on %d molecules + %d replayed (%d steps, ELBO %.2f -> %.2f, "
+            "score loss %.3f -> %.3f), %d molecules re-encoded, %.1f s",
+            self.tunes, len(smiles), stats["replayed"], stats["steps"], stats["loss0"],
+            stats["loss1"],
             stats["prop0"], stats["prop1"], n, time.perf_counter() - t0,
         )  # fmt: skip
         return True
@@ -130,22 +140,36 @@ class FineTuner:
             [seen[m] for m, r in zip(mols, readable, strict=True) if r], np.float32
         )
 
+    def _replay(self, n: int) -> list[str]:
+        """n prior samples of the original model (temperature 1) that it can read back."""
+        if n == 0:
+            return []
+        mols = self.base.sample(n, seed=self.seed * 1009 + 7 * self.tunes + 1)
+        mols = [m for m in mols if m]
+        with _quiet("molvae.inference.codec"):
+            ok = self.base.encodable(mols) if mols else np.zeros(0, bool)
+        return [m for m, r in zip(mols, ok, strict=True) if r]
+
     def fine_tune(
         self, model: MolVAE, smiles: Sequence[str], y: np.ndarray
     ) -> tuple[MolVAE, dict[str, float]]:
         """A copy of `model` trained on the molecules and their scores (the model is unchanged)."""
         cfg, tcfg = self.cfg, self.train_cfg
-        tokens, lengths = model.codec.tokenize(list(smiles))
-        width = model.max_len + 2
-        if tokens.shape[1] > width:  # canonical SMILES can need more symbols than the sample
-            keep = lengths <= model.max_len + 1
-            tokens, lengths, y = tokens[keep, :width], lengths[keep], y[keep]
+        smiles, y = list(smiles), np.asarray(y, np.float32)
         with _quiet("molvae.inference.codec"):
-            mu, _ = model.codec.encode(list(np.asarray(smiles, object)[: len(y)]))
+            mu, _ = model.codec.encode(smiles)
         pred = train_predictor(
             mu, y[:, None], ("score",), cfg=FitConfig(steps=200, hidden=(64, 64), n_models=1,
                                                        val_fraction=0.0, seed=self.seed),
         )  # fmt: skip
+        replay = self._replay(int(round(cfg.replay * len(smiles))))
+        rows = smiles + replay
+        y = np.concatenate([y, np.full(len(replay), np.nan, np.float32)])  # replay: no score
+        tokens, lengths = model.codec.tokenize(rows)
+        width = model.max_len + 2
+        if tokens.shape[1] > width:  # canonical SMILES can need more symbols than the sample
+            keep = lengths <= model.max_len + 1
+            tokens, lengths, y = tokens[keep, :width], lengths[keep], y[keep]
         vae = nnx.clone(model.model)
         opt = nnx.Optimizer(vae, make_tx(tcfg), wrt=nnx.Param)
         popt = nnx.Optimizer(pred, make_tx(tcfg), wrt=nnx.Param)
@@ -182,7 +206,7 @@ class FineTuner:
                 steps += 1
         vae, _, _, _ = nnx.merge(self._graphdef, state)
         stats = {"steps": steps, "loss0": losses[0], "loss1": losses[-1],
-                 "prop0": props[0], "prop1": props[-1]}  # fmt: skip
+                 "prop0": props[0], "prop1": props[-1], "replayed": len(replay)}  # fmt: skip
         return model.with_model(vae), stats
 
 
