@@ -49,6 +49,9 @@ class BOConfig:
     succ_tol: int = 3
     fail_tol: int = 0  # 0 = ceil(max(4, latent_dim) / batch_size), as TuRBO
     bound: float = 5.0  # latents stay in [-bound, bound]^Z
+    # a batch with fewer new molecules than this fraction of batch_size widens the region
+    # (0: only a batch with none new)
+    min_new: float = 0.25
     patience: int = 20  # rounds without a new molecule before a restart (fresh prior samples)
     stop_on_stall: bool = False  # True: stop there instead (the budget may be left unspent)
 
@@ -60,6 +63,8 @@ class BOConfig:
                 raise ValueError(f"optimize.{name} must be >= 1, got {getattr(self, name)}")
         if self.n_init < 0 or self.fail_tol < 0 or self.patience < 1:
             raise ValueError("optimize: need n_init >= 0, fail_tol >= 0, patience >= 1")
+        if not 0 <= self.min_new <= 1:
+            raise ValueError(f"optimize.min_new must be in [0, 1], got {self.min_new}")
         if not 0 < self.length_min <= self.length_init <= self.length_max:
             raise ValueError("optimize: need 0 < length_min <= length_init <= length_max")
 
@@ -77,7 +82,10 @@ class TrustRegion:
 
     def update(self, improved: bool, new: int) -> None:
         """After a batch: `improved` the best score, `new` molecules scored at all."""
-        if new == 0:  # everything decoded to known molecules: the region is one basin, widen it
+        if new < max(1, self.cfg.min_new * self.cfg.batch_size):
+            # most of the batch decoded to known molecules: the region lies within a few of the
+            # decoder's basins (greedy decoding is piecewise constant), so shrinking it on a
+            # failure would only bring more repeats: widen it
             self.length, self.succ, self.fail = min(2 * self.length, self.cfg.length_max), 0, 0
             return
         self.succ, self.fail = (self.succ + 1, 0) if improved else (0, self.fail + 1)
