@@ -751,3 +751,26 @@ def test_fine_tuning_aligns_the_latent_space_with_the_scores(model):
     assert stats["steps"] % 20 == 0 and 3 <= stats["steps"] // 20 <= math.ceil(rows / 32)
     # measured: 0.56 before, 0.87 after (the tiny model, seed 0)
     assert r2(tuned.encode(smiles)) > r2(model.encode(smiles)) + 0.15
+
+
+def test_gp_training_set_keeps_each_latent_once_and_drops_non_finite_ones():
+    """LOL-BO re-encodes every call of a molecule to one latent: the GP sees it once."""
+    from molvae.design.bo import gp_training_set
+
+    z = np.array([[0, 0], [1, 1], [0, 0], [np.nan, 0], [2, 2]], np.float32)
+    y = np.array([0.1, 0.2, 0.1, 0.5, 0.3])
+    zs, ys = gp_training_set(z, y, max_points=8)
+    np.testing.assert_array_equal(zs, [[1, 1], [0, 0], [2, 2]])  # order of last records
+    np.testing.assert_array_equal(ys, [0.2, 0.1, 0.3])
+
+
+def test_a_diverged_gp_fit_falls_back_to_finite_hyperparameters(monkeypatch):
+    from molvae.design import gp as gp_module
+
+    bad = {k: v * np.nan for k, v in gp_module.init_params(2).items()}
+    monkeypatch.setattr(gp_module, "_fit", lambda p0, *a: bad)
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((10, 2)), rng.random(10)
+    fitted = GP.fit(x, y, params=bad, steps=3)
+    assert all(np.isfinite(np.asarray(v)).all() for v in fitted.params.values())
+    assert np.isfinite(fitted.thompson(rng.standard_normal((5, 2)), 2, 0)).all()

@@ -99,7 +99,15 @@ class TrustRegion:
 
 
 def gp_training_set(z: np.ndarray, y: np.ndarray, max_points: int) -> tuple[np.ndarray, ...]:
-    """All points, or the best max_points/2 and the most recent max_points/2 of the rest."""
+    """All distinct points, or the best max_points/2 and the most recent max_points/2 of the
+    rest. A latent recorded twice (LOL-BO re-encodes every call of a molecule to one point)
+    is kept once, at its latest record."""
+    ok = np.isfinite(z).all(1) if len(z) else np.zeros(0, bool)
+    z, y = z[ok], y[ok]
+    if len(z):
+        _, last = np.unique(z[::-1], axis=0, return_index=True)
+        keep = np.sort(len(z) - 1 - last)
+        z, y = z[keep], y[keep]
     if len(y) <= max_points:
         return z, y
     recent = np.arange(len(y) - max_points // 2, len(y))
@@ -215,9 +223,10 @@ def bo_search(
     while not loop.done:
         loop.next_round()
         z, y = loop.evals.arrays()
-        if tr is not None and loop.restarts != restarts:  # TuRBO: a fresh region, fresh start
-            restarts = loop.restarts
-            tr.length, tr.succ, tr.fail = cfg.length_init, 0, 0
+        if loop.restarts != restarts:  # TuRBO: a fresh region and a fresh GP
+            restarts, params = loop.restarts, None
+            if tr is not None:
+                tr.length, tr.succ, tr.fail = cfg.length_init, 0, 0
         if len(y) < 2:  # nothing to model yet: explore the prior
             loop.evaluate(loop.fresh(cfg.batch_size, rng), "prior")
             continue
@@ -234,6 +243,10 @@ def bo_search(
         zc, yc = loop.evals.arrays(since=loop.restart_at)
         center = zc[int(np.argmax(yc))] if len(yc) else z[int(np.argmax(y))]
         batch = propose(gp, center, y, top, cfg, length, rng, seed * 100_003 + loop.round)
+        if not np.isfinite(batch).all():  # never decode nan latents (they decode to nothing)
+            log.warning("round %d: non-finite proposals replaced by fresh draws", loop.round)
+            params = None
+            batch = np.where(np.isfinite(batch), batch, loop.fresh(len(batch), rng))
         t1, before = time.perf_counter(), oracle.n_calls
         scores = loop.evaluate(batch, desc)
         log.debug("round %d: surrogate + acquisition %.2f s, decode + score %.2f s",

@@ -10,6 +10,7 @@ the fit), so a BO run compiles a handful of shapes, not one per round.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import warnings
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ import numpy as np
 import optax
 from jax.scipy.stats import norm
 
+log = logging.getLogger(__name__)
 PAD_NOISE, PAD_AT, MIN_NOISE, JITTER = 1e3, 1e4, 1e-3, 1e-4
 
 
@@ -189,6 +191,10 @@ def expected_improvement(mean: jax.Array, std: jax.Array, best: jax.Array) -> ja
     return std * (u * norm.cdf(u) + norm.pdf(u))
 
 
+def _finite(params: dict) -> bool:
+    return all(bool(np.isfinite(np.asarray(v)).all()) for v in params.values())
+
+
 @dataclass
 class GP:
     """A fitted exact GP on (x, y): predictions, EI and Thompson samples in y's units."""
@@ -227,6 +233,13 @@ class GP:
         p0 = params if params is not None else init_params(x.shape[1])
         p = _fit(p0, xp, yp, mask, jnp.int32(steps), jnp.float32(lr))
         jax.block_until_ready(p)  # finish inside one_blas_thread (dispatch is asynchronous)
+        if not _finite(p) and params is not None:  # a warm start gone bad: from the prior modes
+            p = _fit(init_params(x.shape[1]), xp, yp, mask, jnp.int32(steps), jnp.float32(lr))
+        if not _finite(p):  # the prior modes themselves: a sensible, unfitted GP
+            log.warning(
+                "GP hyperparameter fit diverged on %d points; using the prior modes", len(y)
+            )
+            p = init_params(x.shape[1])
         return cls(p, jnp.asarray(xp), jnp.asarray(yp), jnp.asarray(mask), y_mean, y_std)
 
     @one_blas_thread
