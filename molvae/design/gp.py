@@ -234,6 +234,9 @@ class GP:
         p = _fit(p0, xp, yp, mask, jnp.int32(steps), jnp.float32(lr))
         jax.block_until_ready(p)  # finish inside one_blas_thread (dispatch is asynchronous)
         if not _finite(p) and params is not None:  # a warm start gone bad: from the prior modes
+            # (kept, such a fit made every later proposal nan, and nan latents decode to nothing)
+            log.info("warm-started GP fit diverged on %d points; refitting from the prior modes",
+                     len(y))  # fmt: skip
             p = _fit(init_params(x.shape[1]), xp, yp, mask, jnp.int32(steps), jnp.float32(lr))
         if not _finite(p):  # the prior modes themselves: a sensible, unfitted GP
             log.warning(
