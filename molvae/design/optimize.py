@@ -106,9 +106,10 @@ def optimize(
     objective: a built-in name ("qed", "plogp", "plogp_zinc", "logp", "sa" (scores -SA), ...), an
       Objective, or any callable list[str] -> list[float] (nan where it cannot score).
     method: a registered search (`molvae.design.registry.METHODS`): "gradient" (ascent through
-      a predictor fitted on the scored molecules) or "bo" (GP Bayesian optimization, trust
-      region by default). `options` are the fields of its settings dataclass (GradientConfig /
-      BOConfig), e.g. batch_size=20, acquisition="ei", trust_region=False; an unknown one is a
+      a predictor fitted on the scored molecules), "bo" (GP Bayesian optimization, trust
+      region by default) or "lolbo" (bo in a latent space fine-tuned on the best molecules).
+      `options` are the fields of its settings dataclass (GradientConfig / BOConfig /
+      LOLBOConfig), e.g. batch_size=20, acquisition="ei", trust_region=False; an unknown one is a
       TypeError naming it, an unknown method a ValueError listing the registered searches.
     budget: distinct valid molecules the objective may see (repeats are free, invalid never
       charged). history_path: CSV written as calls are made; rerunning with the same path
