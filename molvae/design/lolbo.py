@@ -136,9 +136,8 @@ class FineTuner:
         mols = list(seen)
         with _quiet("molvae.inference.codec"):
             readable = loop.model.encodable(mols) if mols else np.zeros(0, bool)
-        return [m for m, r in zip(mols, readable, strict=True) if r], np.array(
-            [seen[m] for m, r in zip(mols, readable, strict=True) if r], np.float32
-        )
+        mols = [m for m, r in zip(mols, readable, strict=True) if r]
+        return mols, np.array([seen[m] for m in mols], np.float32)
 
     def _replay(self, n: int) -> list[str]:
         """n prior samples of the original model (temperature 1) that it can read back."""
@@ -163,9 +162,8 @@ class FineTuner:
                                                        val_fraction=0.0, seed=self.seed),
         )  # fmt: skip
         replay = self._replay(int(round(cfg.replay * len(smiles))))
-        rows = smiles + replay
         y = np.concatenate([y, np.full(len(replay), np.nan, np.float32)])  # replay: no score
-        tokens, lengths = model.codec.tokenize(rows)
+        tokens, lengths = model.codec.tokenize(smiles + replay)
         width = model.max_len + 2
         if tokens.shape[1] > width:  # canonical SMILES can need more symbols than the sample
             keep = lengths <= model.max_len + 1
@@ -186,7 +184,7 @@ class FineTuner:
         rng = np.random.default_rng([self.seed, 41, self.tunes])
         key = jax.random.key(self.seed * 7919 + self.tunes)
         n, b = len(y), cfg.tune_batch
-        losses, props, steps = [], [], 0
+        auxes = []
         for _ in range(cfg.tune_epochs):
             order = rng.permutation(n)
             for start in range(0, n, b):
@@ -201,12 +199,14 @@ class FineTuner:
                     jnp.asarray(y[rows][:, None]),
                     key,
                 )
-                losses.append(float(aux["loss"]) - cfg.property_weight * float(aux["prop_loss"]))
-                props.append(float(aux["prop_loss"]))
-                steps += 1
+                auxes.append(aux)  # read once at the end: no device sync per step
         vae, _, _, _ = nnx.merge(self._graphdef, state)
-        stats = {"steps": steps, "loss0": losses[0], "loss1": losses[-1],
-                 "prop0": props[0], "prop1": props[-1], "replayed": len(replay)}  # fmt: skip
+        first, last = jax.device_get((auxes[0], auxes[-1]))
+        w_p = cfg.property_weight
+        elbo = [float(a["loss"]) - w_p * float(a["prop_loss"]) for a in (first, last)]
+        stats = {"steps": len(auxes), "loss0": elbo[0], "loss1": elbo[1],
+                 "prop0": float(first["prop_loss"]), "prop1": float(last["prop_loss"]),
+                 "replayed": len(replay)}  # fmt: skip
         return model.with_model(vae), stats
 
 
