@@ -13,6 +13,7 @@ from molvae import chem
 from molvae.loggers import JsonlLogger
 from molvae.models.vae import ModelConfig
 from molvae.store import folder
+from molvae.store.checkpoints import CheckpointError
 from molvae.training import NonFiniteLossError, TrainConfig, train
 from molvae.vocab import Vocab
 
@@ -81,6 +82,46 @@ def test_resume_after_kill_gives_identical_parameters_and_metrics(arrays, tmp_pa
     for x, y in zip(_params(full.model), _params(resumed.model), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     assert _records(a / "metrics.jsonl") == _records(b / "metrics.jsonl")
+
+
+def test_a_branch_continues_its_parent_exactly_and_wsd_cools_it_down(arrays, tmp_path):
+    """train.init_from forks a run folder off another's checkpoint: parameters, optimizer state,
+    step, CPU time and the metrics so far. With the parent's schedule it retraces the parent
+    bit for bit; with lr_schedule=wsd the learning rate falls linearly to lr_end_factor * lr."""
+    from molvae.training import lr_schedule
+
+    vocab, (tokens, lengths) = arrays
+    mcfg = ModelConfig(vocab_size=len(vocab), **MODEL)
+    const = TrainConfig(**{**TRAIN, "steps": 16, "lr_schedule": "constant"})
+    val = (tokens[:16], lengths[:16])
+    a, b, c = tmp_path / "parent", tmp_path / "same", tmp_path / "cool"
+    parent = train(mcfg, const, (tokens, lengths), val, a, JsonlLogger(a / "metrics.jsonl"))
+    same = dataclasses.replace(const, init_from=str(a), init_step=8)
+    twin = train(mcfg, same, (tokens, lengths), val, b, JsonlLogger(b / "metrics.jsonl"))
+    for x, y in zip(_params(parent.model), _params(twin.model), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert _records(a / "metrics.jsonl") == _records(b / "metrics.jsonl")
+    assert json.loads((b / "metrics.jsonl").read_text().splitlines()[-1])["cpu_s"] > 0
+
+    cool = dataclasses.replace(
+        const, steps=24, lr_schedule="wsd", lr_decay_steps=12, lr_end_factor=0.0, init_from=str(a)
+    )
+    res = train(mcfg, cool, (tokens, lengths), val, c, JsonlLogger(c / "metrics.jsonl"))
+    recs = [json.loads(line) for line in (c / "metrics.jsonl").read_text().splitlines()]
+    lr = {r["step"]: r["lr"] for r in recs}
+    assert res.step == 24 and [r["step"] for r in recs[:4]] == [4, 8, 12, 16]  # parent's, to 16
+    assert lr[12] == pytest.approx(const.lr) and lr[16] == pytest.approx(const.lr)
+    assert lr[20] == pytest.approx(const.lr / 3) and lr[24] == 0
+    sched = lr_schedule(cool)
+    assert float(sched(1)) == pytest.approx(const.lr / 2) and float(sched(18)) == pytest.approx(
+        const.lr / 2
+    )
+    assert sorted(int(p.name) for p in (a / "checkpoints").iterdir() if p.name.isdigit()) == [8, 16]
+    with pytest.raises(ValueError, match="lr_decay_steps"):
+        TrainConfig(lr_schedule="wsd")
+    with pytest.raises(CheckpointError, match="no checkpoint at step 5"):
+        bad = dataclasses.replace(const, init_from=str(a), init_step=5)
+        train(mcfg, bad, (tokens, lengths), val, tmp_path / "d", JsonlLogger(tmp_path / "d.jsonl"))
 
 
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(arrays, tmp_path):

@@ -16,8 +16,11 @@ class TrainConfig:
     steps: int = 1200
     batch_size: int = 128
     lr: float = 0.002
-    lr_schedule: str = "cosine"  # constant | cosine (to lr_end_factor * lr)
+    lr_schedule: str = "cosine"  # constant | cosine | wsd (both decay to lr_end_factor * lr)
     lr_end_factor: float = 0.1
+    # wsd (warmup-stable-decay): constant after warm-up, then a linear decay over the last
+    # lr_decay_steps steps of `steps` (a cool-down; it can branch off a constant-lr run).
+    lr_decay_steps: int = 0
     warmup_steps: int = 100
     weight_decay: float = 0.0  # > 0 switches Adam to AdamW
     clip_norm: float = 1.0
@@ -45,6 +48,11 @@ class TrainConfig:
     property_targets: tuple[str, ...] = ("qed", "logp", "sa")
     property_hidden: tuple[int, ...] = (128, 128)
     property_models: int = 1  # ensemble members of the jointly trained predictor
+    # Branch a new run folder off another run's checkpoint (its parameters, optimizer state, step
+    # and CPU time; init_step 0: its latest), e.g. to cool down a constant-lr run with wsd. Used
+    # only while the new folder has no checkpoint of its own; the vocabulary is the parent's.
+    init_from: str = ""
+    init_step: int = 0
 
     def __post_init__(self) -> None:
         # Hydra hands lists; keep the config hashable and comparable.
@@ -69,8 +77,19 @@ class TrainConfig:
                 raise ValueError(f"train.{name} must be positive, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ValueError(f"train.lr must be positive, got {self.lr}")
-        if self.lr_schedule not in ("constant", "cosine"):
-            raise ValueError(f"train.lr_schedule must be constant or cosine: {self.lr_schedule!r}")
+        if self.lr_schedule not in ("constant", "cosine", "wsd"):
+            raise ValueError(
+                f"train.lr_schedule must be constant, cosine or wsd: {self.lr_schedule!r}"
+            )
+        if self.lr_schedule == "wsd" and not 0 < self.lr_decay_steps <= self.steps:
+            raise ValueError(
+                f"train.lr_schedule wsd needs 0 < train.lr_decay_steps <= train.steps, got "
+                f"{self.lr_decay_steps} and {self.steps}"
+            )
+        if not 0 <= self.lr_end_factor <= 1:
+            raise ValueError(f"train.lr_end_factor must be in [0, 1], got {self.lr_end_factor}")
+        if self.init_step < 0:
+            raise ValueError(f"train.init_step must be >= 0, got {self.init_step}")
         if self.kl_schedule not in ("constant", "linear", "cyclical"):
             raise ValueError(
                 f"train.kl_schedule must be constant, linear or cyclical: {self.kl_schedule!r}"

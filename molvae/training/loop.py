@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,6 +119,22 @@ def _check_properties(cfg: TrainConfig, n: int, properties) -> np.ndarray | None
     return y_train
 
 
+def _branch_from(parent: Path, step: int, state, run_dir: Path) -> dict[str, Any]:
+    """Fill `state` from `parent`'s checkpoint `step` (0: its latest) and start this run's
+    metrics with the parent's up to that step, so the learning curve is continuous."""
+    steps = ckpts.checkpoint_steps(parent)
+    if not steps:
+        raise CheckpointError(f"train.init_from={parent}: no checkpoint there")
+    step = step or steps[-1]
+    if step not in steps:
+        raise CheckpointError(f"train.init_from={parent}: no checkpoint at step {step} ({steps})")
+    meta = ckpts.restore_into(ckpts.checkpoint_manager(parent), step, state)
+    if (parent / METRICS_JSONL).exists():
+        shutil.copyfile(parent / METRICS_JSONL, run_dir / METRICS_JSONL)
+    log.info("branched from %s at step %d", parent, step)
+    return meta
+
+
 def train(
     model_cfg: ModelConfig,
     cfg: TrainConfig,
@@ -152,8 +169,11 @@ def train(
         meta = ckpts.restore_into(mngr, latest, state)
         start, cpu_before = int(meta["step"]), float(meta.get("cpu_s", 0.0))
         log.info("resumed from checkpoint at step %d", start)
+    elif cfg.init_from:
+        meta = _branch_from(Path(cfg.init_from), cfg.init_step, state, run_dir)
+        start, cpu_before = int(meta["step"]), float(meta.get("cpu_s", 0.0))
     # A resumed run rewrites the metrics logged after its checkpoint; a fresh one starts empty.
-    truncate_jsonl(run_dir / METRICS_JSONL, start if latest is not None else -1)
+    truncate_jsonl(run_dir / METRICS_JSONL, start if latest is not None or cfg.init_from else -1)
     state = jax.device_put(state, state_sharding(state, mesh, cfg.param_sharding))
 
     train_step = (make_joint_train_step if y_train is not None else make_train_step)(graphdef, cfg)
@@ -250,6 +270,11 @@ def train_and_evaluate(
     data_mod.write_report(ds, run_dir)
     vocab_path = run_dir / VOCAB_JSON
     resuming = vocab_path.exists() and (run_dir / CHECKPOINTS).exists()
+    if cfg.init_from and not ckpts.checkpoint_steps(run_dir):  # a branch: the parent's vocabulary
+        parent = Path(cfg.init_from)
+        if not (parent / VOCAB_JSON).exists():
+            raise CheckpointError(f"train.init_from={parent} is not a run folder (no {VOCAB_JSON})")
+        vocab_path, resuming = parent / VOCAB_JSON, True
     vocab = (
         Vocab.load(vocab_path)
         if resuming
@@ -278,7 +303,7 @@ def train_and_evaluate(
     val_arr = vocab.encode_batch(keep, max_len)
     model_cfg = dataclasses.replace(model_cfg, vocab_size=len(vocab))
     if resuming:
-        old_cfg, *_ = folder.read_run_info(run_dir)
+        old_cfg, *_ = folder.read_run_info(vocab_path.parent)
         if old_cfg != model_cfg:
             raise CheckpointError(
                 f"{run_dir} holds a run of another model ({old_cfg}); use a new run folder"

@@ -23,12 +23,20 @@ def kl_weight(step: jax.Array | int, cfg: TrainConfig) -> jax.Array:
 
 
 def lr_schedule(cfg: TrainConfig) -> optax.Schedule:
+    """Learning rate at each step: linear warm-up, then constant, cosine decay, or wsd
+    (warmup-stable-decay: constant, then linear to lr_end_factor * lr over the last
+    lr_decay_steps of `steps`; Hu et al. 2024, Hägele et al. 2024)."""
+    warm = (
+        optax.linear_schedule(0.0, cfg.lr, max(cfg.warmup_steps, 1))
+        if cfg.warmup_steps
+        else optax.constant_schedule(cfg.lr)
+    )
     if cfg.lr_schedule == "constant":
-        return (
-            optax.linear_schedule(0.0, cfg.lr, max(cfg.warmup_steps, 1))
-            if cfg.warmup_steps
-            else optax.constant_schedule(cfg.lr)
-        )
+        return warm
+    if cfg.lr_schedule == "wsd":
+        start = max(cfg.steps - cfg.lr_decay_steps, 0)
+        decay = optax.linear_schedule(cfg.lr, cfg.lr * cfg.lr_end_factor, cfg.lr_decay_steps)
+        return optax.join_schedules([warm, decay], [start])  # warm holds lr after warm-up
     return optax.warmup_cosine_decay_schedule(
         0.0,
         cfg.lr,
