@@ -5,7 +5,7 @@
 Scores the first n molecules of FILE (.csv with a SMILES column or .smi; molecules of the
 training distribution that the model never saw) and writes their per-symbol log-likelihood
 percentiles into RUN_DIR/likelihood.json as "per_symbol" (the pipeline's
-runs.test_likelihood writes the same entry from the run's own test split). The shipped model's
+molvae.evaluation.run.test_likelihood writes the same entry from the run's own test split). The shipped model's
 entry was made with
     scripts/calibrate_anomaly.py molvae/assets/pretrained/moses \\
         molvae/assets/moses_sample/test.csv.gz --n 1000
@@ -21,7 +21,10 @@ import time
 from pathlib import Path
 
 import molvae
-from molvae import data, runs
+from molvae import data
+from molvae.inference.calibration import per_symbol_calibration
+from molvae.store.folder import write_json_atomic
+from molvae.store.names import LIKELIHOOD_JSON
 
 
 def main() -> None:
@@ -38,10 +41,10 @@ def main() -> None:
     t0 = time.time()
     d = model.log_likelihood(smiles, k=args.k, seed=args.seed, details=True, errors="nan")
     where = f"the first {len(smiles)} molecules of {args.file.name}"
-    cal = runs.per_symbol_calibration(d["per_symbol"], args.k, args.seed, where)
-    path = args.run_dir / runs.LIKELIHOOD_JSON
+    cal = per_symbol_calibration(d["per_symbol"], args.k, args.seed, where)
+    path = args.run_dir / LIKELIHOOD_JSON
     scores = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-    runs.write_json_atomic(path, scores | {"per_symbol": cal})
+    write_json_atomic(path, scores | {"per_symbol": cal})
     if args.sums:
         files = sorted(p for p in args.run_dir.iterdir() if p.is_file() and p.name != "SHA256SUMS")
         sums = [f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}" for p in files]

@@ -19,7 +19,8 @@ import shutil
 from pathlib import Path
 
 import molvae
-from molvae import runs
+from molvae.store import names
+from molvae.store.params import save_npz
 
 ASSETS = Path(__file__).resolve().parents[1] / "molvae" / "assets" / "pretrained"
 OPTIONAL = ("metrics.json", "likelihood.json", "predictor.json", "predictor.npz")
@@ -33,11 +34,15 @@ def main() -> None:
     out = ASSETS / args.name
     out.mkdir(parents=True, exist_ok=True)
     model = molvae.load(args.run_dir)  # params.npz or the latest checkpoint, checked
-    info = json.loads((args.run_dir / runs.RUN_JSON).read_text(encoding="utf-8"))
+    info = json.loads((args.run_dir / names.RUN_JSON).read_text(encoding="utf-8"))
     info["config"].pop("hydra", None)  # machine-specific paths; not needed to load
-    (out / runs.RUN_JSON).write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
-    shutil.copy(args.run_dir / runs.VOCAB_JSON, out / runs.VOCAB_JSON)
-    runs.export_params(model.model, out / runs.PARAMS_NPZ)
+    train = info["config"].get("train", {})
+    if train.get("init_from"):  # a branch: name its parent as the experiment config does
+        parent = Path(train["init_from"])
+        train["init_from"] = str(Path(*parent.parts[-3:])) if parent.is_absolute() else str(parent)
+    (out / names.RUN_JSON).write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
+    shutil.copy(args.run_dir / names.VOCAB_JSON, out / names.VOCAB_JSON)
+    save_npz(model.model, out / names.PARAMS_NPZ)
     for name in OPTIONAL:
         if (args.run_dir / name).exists():
             shutil.copy(args.run_dir / name, out / name)

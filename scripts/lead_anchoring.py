@@ -1,6 +1,6 @@
 """Lead optimization on the shipped model: how many proposals stay near the lead.
 
-    .venv/bin/python scripts/lead_anchoring.py
+    .venv/bin/python scripts/lead_anchoring.py [MODEL]     # default pretrained:moses
 
 Ibuprofen as the lead, plogP scored only within Tanimoto 0.4 of it (nan elsewhere), 100 oracle
 calls with `init_smiles=[lead]` for gradient and bo; prints the fraction of proposals after the
@@ -9,6 +9,7 @@ the fraction of the lead's latent neighbours (lead + scale * N(0, I), 100 draws)
 each scale: what chose molvae.design.search.ANCHOR_SCALE. Figures in README: Optimization.
 """
 
+import sys
 import time
 
 import numpy as np
@@ -20,7 +21,7 @@ LEAD = "CC(C)Cc1ccc(C(C)C(=O)O)cc1"  # ibuprofen
 
 
 def main() -> None:
-    model = molvae.load("pretrained:moses")
+    model = molvae.load(sys.argv[1] if len(sys.argv) > 1 else "pretrained:moses")
     near = objectives.similarity(LEAD)
     plogp = objectives.make_objective("plogp")
 

@@ -23,7 +23,7 @@ def test_missing_and_foreign_folders_name_the_problem(tmp_path):
     with pytest.raises(locate.RunFolderError, match="run.json not found"):
         locate.run_folder(tmp_path)
     with pytest.raises(
-        ValueError, match=r"unknown pretrained model 'zinc'; available: \['moses'\]"
+        ValueError, match=r"unknown pretrained model 'zinc'; available: \['moses', 'moses_fb'\]"
     ):
         locate.run_folder("pretrained:zinc")
     assert list(tmp_path.iterdir()) == []  # checking creates nothing
@@ -42,3 +42,25 @@ def test_the_shipped_model_is_read_from_the_package_and_written_elsewhere(tmp_pa
     locate.working_folder(run, out)
     assert (out / "metrics.json").read_text() == '{"mine": 1}'  # results are not overwritten
     assert sorted(p.name for p in SHIPPED.iterdir()) == before
+
+
+@pytest.mark.parametrize("name", sorted(locate.PRETRAINED))
+def test_every_shipped_model_is_complete_and_checksummed(name):
+    """Each shipped model carries its parameters, vocabulary, config, MOSES metrics, held-out
+    likelihood and README, and its SHA256SUMS match the files (nothing changed since export)."""
+    import hashlib
+    import json
+
+    folder = locate.PRETRAINED[name]
+    files = {p.name for p in folder.iterdir()}
+    need = {"run.json", "vocab.json", "params.npz", "metrics.json", "likelihood.json", "README.md"}
+    assert need <= files
+    sums = dict(
+        reversed(line.split("  ")) for line in (folder / "SHA256SUMS").read_text().splitlines()
+    )
+    assert files - {"SHA256SUMS", "README.md"} <= set(sums) <= files
+    for fname, digest in sums.items():
+        assert hashlib.sha256((folder / fname).read_bytes()).hexdigest() == digest, fname
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert {"valid", "FCD/Test", "SNN/Test", "Filters"} <= set(metrics)
+    assert "per_symbol" in json.loads((folder / "likelihood.json").read_text())

@@ -136,7 +136,7 @@ def test_wandb_logger_writes_an_offline_run_into_the_run_folder(root, tmp_path):
     assert "images" in media or any("media" in str(p) for p in files)
 
 
-@pytest.mark.parametrize("name", ["smoke", "demo", "moses", "moses_gpu"])
+@pytest.mark.parametrize("name", ["smoke", "demo", "moses", "moses_fb", "moses_gpu"])
 def test_single_run_experiments_compose_into_valid_configs(root, name):
     from hydra import compose, initialize_config_dir
 
@@ -151,6 +151,14 @@ def test_single_run_experiments_compose_into_valid_configs(root, name):
     assert train.steps > 0 and model.latent_dim > 0
     if name.startswith("moses"):
         assert data.source == "moses" and cfg.sample.n == 30000 and cfg.evaluate.metrics == "all"
+    if name == "moses_fb":  # the shipped model's recipe, as its run.json recorded it
+        from molvae.store import locate
+
+        shipped = json.loads((locate.PRETRAINED["moses_fb"] / "run.json").read_text())["config"]
+        for key, value in shipped["train"].items():
+            if key not in ("init_from", "init_step", "cpu_budget_s", "progress", "keep_checkpoints"):
+                assert getattr(train, key) == (tuple(value) if isinstance(value, list) else value)
+        assert data.max_len == shipped["data"]["max_len"]
     if name == "demo":  # the first report a user sees shows FCD, SNN, Frag, Scaf and Filters
         assert data.source == "moses_sample" and cfg.evaluate.reference == "moses_sample"
         assert cfg.evaluate.metrics == "all"
