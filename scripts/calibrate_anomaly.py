@@ -5,8 +5,8 @@
 Scores the first n molecules of FILE (.csv with a SMILES column or .smi; molecules of the
 training distribution that the model never saw) and writes their per-symbol log-likelihood
 percentiles into RUN_DIR/likelihood.json as "per_symbol" (the pipeline's
-molvae.evaluation.run.test_likelihood writes the same entry from the run's own test split). The shipped model's
-entry was made with
+molvae.evaluation.run.test_likelihood writes the same entry from the run's own test split). The
+shipped models' entries were made with
     scripts/calibrate_anomaly.py molvae/assets/pretrained/moses \\
         molvae/assets/moses_sample/test.csv.gz --n 1000
 and its SHA256SUMS updated (--sums).

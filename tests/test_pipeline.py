@@ -155,8 +155,9 @@ def test_single_run_experiments_compose_into_valid_configs(root, name):
         from molvae.store import locate
 
         shipped = json.loads((locate.PRETRAINED["moses_fb"] / "run.json").read_text())["config"]
+        branch_only = ("init_from", "init_step", "cpu_budget_s", "progress", "keep_checkpoints")
         for key, value in shipped["train"].items():
-            if key not in ("init_from", "init_step", "cpu_budget_s", "progress", "keep_checkpoints"):
+            if key not in branch_only:
                 assert getattr(train, key) == (tuple(value) if isinstance(value, list) else value)
         assert data.max_len == shipped["data"]["max_len"]
     if name == "demo":  # the first report a user sees shows FCD, SNN, Frag, Scaf and Filters
@@ -186,6 +187,22 @@ def test_quality_arms_share_the_protocol_and_change_only_their_arm(root, arm):
     text = (root / "conf" / "experiment" / "quality" / f"{arm}.yaml").read_text()
     assert text.startswith("# @package _global_") and f"experiment=quality/{arm}" in text
     data, model, train = configs(cfg)
+    if train.init_from:  # a cool-down branch off an arm's checkpoint: wsd to a fixed step
+        parent = Path(train.init_from).name
+        assert parent in QUALITY_ARMS and train.lr_schedule == "wsd" and train.init_step > 0
+        assert train.init_step < train.steps < 10**6 and train.lr_decay_steps > 0
+        with initialize_config_dir(str(root / "conf"), version_base="1.3"):
+            base = compose("config", overrides=[f"experiment=quality/{parent}"])
+        branch = {"init_from", "init_step", "steps", "cpu_budget_s", "lr_schedule",
+                  "lr_decay_steps", "lr_end_factor"}  # fmt: skip
+        differs = {
+            f"{group}.{k}"
+            for group in ("model", "train", "data")
+            for k in cfg[group]
+            if cfg[group][k] != base[group][k] and not (group == "train" and k in branch)
+        }
+        assert differs <= ARM_KEYS, differs - ARM_KEYS
+        return
     assert data.source == "moses" and train.lr_schedule == "constant"
     assert train.cpu_budget_s == base.train.cpu_budget_s > 0 and train.steps >= 10**6
     assert train.keep_checkpoints >= 100
