@@ -350,3 +350,13 @@ def test_data_report_lists_unknown_symbols_and_a_rerun_reports_its_final_metrics
     assert "trained to step" not in caplog.text
     assert again.final_eval["val_elbo"] == pytest.approx(first.final_eval["val_elbo"], abs=1e-4)
     assert set(again.final_eval) == set(first.final_eval)
+
+    # a branch off this run (train.init_from) takes its vocabulary and continues from its step
+    branch = tmp_path / "branch"
+    bcfg = dataclasses.replace(tcfg, steps=4, init_from=str(run))
+    more = train_and_evaluate(dcfg, ModelConfig(**MODEL), bcfg, branch, JsonlLogger(branch / "m"))
+    assert more.step == 4
+    assert (branch / "vocab.json").read_text() == (run / "vocab.json").read_text()
+    with pytest.raises(CheckpointError, match="another model"):
+        other = tmp_path / "other"
+        train_and_evaluate(dcfg, ModelConfig(**{**MODEL, "latent_dim": 8}), bcfg, other, log)

@@ -44,7 +44,8 @@ def checkpoint_manager(run_dir: Path, keep: int | None = None) -> ocp.Checkpoint
     return ocp.CheckpointManager((run_dir / CHECKPOINTS).absolute(), options=opts)
 
 
-def _reader(run_dir: Path) -> ocp.CheckpointManager | None:
+def reader(run_dir: Path) -> ocp.CheckpointManager | None:
+    """The run's checkpoints, read-only (nothing created or cleaned); None if it has none."""
     ckpt = (run_dir / CHECKPOINTS).absolute()
     if not ckpt.exists():
         return None
@@ -54,7 +55,7 @@ def _reader(run_dir: Path) -> ocp.CheckpointManager | None:
 
 def checkpoint_steps(run_dir: Path) -> list[int]:
     """The steps of the run's complete checkpoints, ascending."""
-    mngr = _reader(run_dir)
+    mngr = reader(run_dir)
     return sorted(mngr.all_steps()) if mngr is not None else []
 
 
@@ -97,7 +98,7 @@ def restore_into(mngr: ocp.CheckpointManager, step: int, state: nnx.State, with_
 
 def restore_model(model: nnx.Module, run_dir: Path, step: int | None = None) -> int:
     """Fill `model` from the run's checkpoint at `step` (None: the latest); returns the step."""
-    mngr = _reader(run_dir)
+    mngr = reader(run_dir)
     steps = sorted(mngr.all_steps()) if mngr is not None else []
     if step is not None and step not in steps:
         raise RunFolderError(f"{run_dir}: no checkpoint at step {step}; have {steps}")

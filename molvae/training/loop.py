@@ -128,7 +128,7 @@ def _branch_from(parent: Path, step: int, state, run_dir: Path) -> dict[str, Any
     step = step or steps[-1]
     if step not in steps:
         raise CheckpointError(f"train.init_from={parent}: no checkpoint at step {step} ({steps})")
-    meta = ckpts.restore_into(ckpts.checkpoint_manager(parent), step, state)
+    meta = ckpts.restore_into(ckpts.reader(parent), step, state)  # the parent is only read
     if (parent / METRICS_JSONL).exists():
         shutil.copyfile(parent / METRICS_JSONL, run_dir / METRICS_JSONL)
     log.info("branched from %s at step %d", parent, step)
@@ -306,7 +306,8 @@ def train_and_evaluate(
         old_cfg, *_ = folder.read_run_info(vocab_path.parent)
         if old_cfg != model_cfg:
             raise CheckpointError(
-                f"{run_dir} holds a run of another model ({old_cfg}); use a new run folder"
+                f"{vocab_path.parent} holds a run of another model ({old_cfg}); use a new run "
+                "folder" + (" or a matching model config" if vocab_path.parent != run_dir else "")
             )
     folder.write_run_info(run_dir, model_cfg, vocab, max_len, config or {})
     log.info(
