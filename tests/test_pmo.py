@@ -309,6 +309,27 @@ def test_auc_on_hand_computed_cases():
     assert pmo.auc_top10([1.0] * 10_000, 10_000) == pytest.approx(0.995)
 
 
+def test_the_held_auc_is_mol_opts_value_at_10000_and_bounds_the_run_continued():
+    rng = random.Random(1)
+    for n, budget in [(1000, 1000), (600, 1000), (640, 1000), (37, 100), (3, 1000), (10**4, 10**4)]:
+        scores = [rng.random() ** 3 for _ in range(n)]
+        auc = pmo.auc_top10(scores, budget)
+        top10 = float(np.mean(sorted(scores)[-10:]))
+        held = pmo.auc_top10_held(auc, top10, budget)
+        # mol_opt's top_auc of the same calls, the budget 10,000: the top-10 mean held
+        buffer = {f"m{i}": [s, i + 1] for i, s in enumerate(scores)}
+        assert held == pytest.approx(mol_opt_top_auc(buffer, 10, True, 100, 10_000), rel=1e-12)
+        if n % 100:  # mid-way through PMO's logging interval the bound can be off a little
+            continue
+        for _ in range(3):  # any continuation to 10,000 calls scores at least as much
+            more = [rng.random() ** rng.choice([1, 3, 9]) for _ in range(10_000 - n)]
+            assert pmo.auc_top10(scores + more, 10_000) >= held - 1e-12
+        if n < 10_000:  # and a continuation that never beats the top 10 scores exactly that
+            low = [min(scores) / 2] * (10_000 - n)
+            assert pmo.auc_top10(scores + low, 10_000) == pytest.approx(held, rel=1e-12)
+    assert pmo.auc_top10_held(0.5, np.nan, 1000) == pytest.approx(0.05)  # nothing valid
+
+
 # ----------------------------------------------------------------------------- published
 
 
@@ -435,8 +456,15 @@ def test_summary_table_markdown_and_curves(tmp_path, pool_method):
     assert table.loc["qed", "seeds"] == 2 and table.loc["qed", "calls"] == 12
     assert table.loc["qed", "reinvent"] == pmo.published().loc["qed", "reinvent"]
     assert table.loc["sum", "auc_top10"] == pytest.approx(table["auc_top10"][:2].sum())
+    pairs = zip(q["auc_top10"], q["top10_mean"], strict=True)
+    held = [pmo.auc_top10_held(a, t, 12) for a, t in pairs]
+    assert table.loc["qed", "auc_top10_held"] == pytest.approx(np.mean(held))
+    assert table.loc["qed", "auc_top10_held"] > table.loc["qed", "auc_top10"]
     md = pmo.summary_markdown(table, "PMO", ["a note"])
     assert "| qed | 2 | " in md and "| **sum** |" in md and "GP BO" in md and "a note" in md
+    assert "AUC top-10 at 10,000, held (>=)" in md
+    fake = table.assign(selfies_vae_bo=[1.0, 0.0, 1.0])  # median1, qed, sum
+    assert pmo.beats(fake) == ["qed"]
     pmo.plot_curves(out, ["median1", "qed"], tmp_path / "curves.png")
     assert (tmp_path / "curves.png").stat().st_size > 10_000
 
