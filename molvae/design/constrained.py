@@ -50,6 +50,10 @@ class ConstrainedConfig:
     # split evenly over `scales`), as the literature's "decode many neighbours" protocols do.
     neighbours: int = 100
     scales: tuple[float, ...] = (0.1, 0.2, 0.4)
+    # Candidates sampled from the decoder at each start's own latent (its posterior mean), at
+    # `temperature`: the molecules the model reads as close variants of the start.
+    samples: int = 0
+    temperature: float = 0.7
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scales", tuple(self.scales))
@@ -61,6 +65,11 @@ class ConstrainedConfig:
             raise ValueError("optimize.neighbours must be >= 0, with at least one scale")
         if not all(isinstance(x, int | float) and x > 0 for x in self.scales):
             raise ValueError(f"optimize.scales must be positive numbers, got {self.scales!r}")
+        if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 0:
+            raise ValueError(f"optimize.samples must be an integer >= 0, got {self.samples!r}")
+        t = self.temperature
+        if isinstance(t, bool) or not isinstance(t, int | float) or not t > 0:
+            raise ValueError(f"optimize.temperature must be a positive number, got {t!r}")
         for key in ("n_molecules", "steps", "snapshots"):
             v = getattr(self, key)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -145,8 +154,16 @@ def constrained_optimize(
     )  # (S, n, Z)
     near = _neighbours(mu, cfg, seed=0)  # (K, n, Z)
     points = np.concatenate([path, near]) if len(near) else path
-    found = [model.decode(p) for p in tqdm(points, desc="decode", disable=not progress)]
-    cands = [[f[i] for f in found] for i in range(len(starts))]  # per molecule, (S + K,)
+    bar = tqdm(total=len(points) + cfg.samples, desc="decode", disable=not progress)
+    found = []
+    for p in points:  # greedy decodes of the path and the neighbours
+        found.append(model.decode(p))
+        bar.update()
+    for k in range(cfg.samples):  # decoder samples at the starts' own latents
+        found.append(model.decode(mu, greedy=False, temperature=cfg.temperature, seed=k))
+        bar.update()
+    bar.close()
+    cands = [[f[i] for f in found] for i in range(len(starts))]  # per molecule, (S + K + M,)
     rows = []
     fps_start = chem.fingerprints(starts)
     for i, (s, c) in enumerate(zip(starts, cands, strict=True)):
