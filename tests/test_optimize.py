@@ -370,6 +370,20 @@ def test_constrained_improvement_on_the_tiny_model(model):
     )  # fmt: skip
     assert (table["success"].to_numpy() >= path_only["success"].to_numpy()).all()
     assert (table["improvement"].to_numpy() >= path_only["improvement"].to_numpy() - 1e-9).all()
+    # Decoder samples at each start's latent add candidates again, the same for the same seed.
+    sampled, summary_s = constrained_optimize(
+        model, starts, objective="qed", predictor=pred, progress=False, deltas=(0.0, 0.4),
+        steps=6, snapshots=3, samples=4, temperature=1.0,
+    )  # fmt: skip
+    check_constrained_rows(sampled, summary_s, make_objective("qed"))
+    assert summary_s["config"]["samples"] == 4
+    assert (sampled["success"].to_numpy() >= table["success"].to_numpy()).all()
+    assert (sampled["improvement"].to_numpy() >= table["improvement"].to_numpy() - 1e-9).all()
+    again, _ = constrained_optimize(
+        model, starts, objective="qed", predictor=pred, progress=False, deltas=(0.0, 0.4),
+        steps=6, snapshots=3, samples=4, temperature=1.0,
+    )  # fmt: skip
+    pd.testing.assert_frame_equal(sampled, again)
 
 
 class ScriptedModel:
@@ -437,7 +451,7 @@ def test_constrained_config_is_validated_with_the_hydra_key_names():
     assert cfg == ConstrainedConfig(n_molecules=10, deltas=(0.4,))
     bad = {
         "n_molecules": 0, "steps": 2.5, "snapshots": True, "lr": 0.0, "deltas": (),
-        "prop": "tastiness",
+        "prop": "tastiness", "samples": -1, "temperature": 0.0,
     }  # fmt: skip
     for key, value in bad.items():
         with pytest.raises(ValueError, match=rf"optimize\.{key} must"):
