@@ -509,7 +509,10 @@ def test_the_script_runs_a_sweep_through_the_joblib_launcher_and_resumes(tiny_ru
     assert table.index.tolist() == ["median1", "qed", "sum"]
     assert (table.loc[["median1", "qed"], "seeds"] == 2).all()
     assert (out / "curves.png").exists() and (out / "published.csv").exists()
-    assert "not comparable with a 24-call budget" in (out / "pmo.md").read_text()
+    md = (out / "pmo.md").read_text()
+    assert "compare them with the held column" in md and "AUC top-10 at 10,000, held" in md
+    won = pmo.beats(table)
+    assert f"ahead on {len(won)} of 2 tasks" in md
     proc = hydra_run(*common, "pmo.tasks=[qed,median1]", "pmo.seeds=[0,1]")
     assert "0 to run" in proc.stderr + proc.stdout
 
