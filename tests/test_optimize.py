@@ -354,7 +354,7 @@ def test_constrained_improvement_on_the_tiny_model(model):
     starts = ["CCO", "c1ccccc1", ASPIRIN, "not a molecule"]
     table, summary = constrained_optimize(
         model, starts, objective="qed", predictor=pred, progress=False, deltas=(0.0, 0.4),
-        steps=6, snapshots=3,
+        steps=6, snapshots=3, samples=0,
     )  # fmt: skip
     assert len(table) == 6 and summary["n"] == 3  # the invalid start is left out, not lost
     assert summary["config"]["deltas"] == (0.0, 0.4) and summary["direction"] == "maximize"
@@ -366,7 +366,7 @@ def test_constrained_improvement_on_the_tiny_model(model):
     # Neighbours add candidates to the same path: never fewer successes, never less gain.
     path_only, _ = constrained_optimize(
         model, starts, objective="qed", predictor=pred, progress=False, deltas=(0.0, 0.4),
-        steps=6, snapshots=3, neighbours=0,
+        steps=6, snapshots=3, neighbours=0, samples=0,
     )  # fmt: skip
     assert (table["success"].to_numpy() >= path_only["success"].to_numpy()).all()
     assert (table["improvement"].to_numpy() >= path_only["improvement"].to_numpy() - 1e-9).all()
@@ -417,7 +417,9 @@ def test_constrained_success_rates_are_exact_on_scripted_candidates(objective, m
         ["CC(=O)Oc1ccccc1C(=O)OC", ASPIRIN, "c1ccc2ccccc2c1"],
     ])  # fmt: skip
     pred = Predictor(PredictorConfig(2, (objective,), (4,), 1), rngs=nnx.Rngs(0))
-    cfg = method_config("constrained", deltas=[0.0, 0.4], steps=3, snapshots=3, neighbours=0)
+    cfg = method_config(
+        "constrained", deltas=[0.0, 0.4], steps=3, snapshots=3, neighbours=0, samples=0
+    )
     starts = ["CCO", "not a molecule", "c1ccccc1", ASPIRIN]
     signs = []
 
