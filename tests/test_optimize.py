@@ -352,10 +352,14 @@ def test_constrained_improvement_on_the_tiny_model(model):
     z = rng.standard_normal((200, model.latent_dim)).astype(np.float32)
     pred, _ = fit_latent(z, z[:, :1], ["qed"], cfg=FitConfig(steps=50, hidden=(8,), n_models=1))
     starts = ["CCO", "c1ccccc1", ASPIRIN, "not a molecule"]
-    table, summary = constrained_optimize(
-        model, starts, objective="qed", predictor=pred, progress=False, deltas=(0.0, 0.4),
-        steps=6, snapshots=3, samples=0,
-    )  # fmt: skip
+
+    def run(**options):
+        return constrained_optimize(
+            model, starts, objective="qed", predictor=pred, progress=False, deltas=(0.0, 0.4),
+            steps=6, snapshots=3, **options,
+        )  # fmt: skip
+
+    table, summary = run(samples=0)
     assert len(table) == 6 and summary["n"] == 3  # the invalid start is left out, not lost
     assert summary["config"]["deltas"] == (0.0, 0.4) and summary["direction"] == "maximize"
     check_constrained_rows(table, summary, make_objective("qed"))
@@ -364,25 +368,16 @@ def test_constrained_improvement_on_the_tiny_model(model):
     assert (by["success"][0.0] >= by["success"][0.4]).all()
     assert (by["improvement"][0.0] >= by["improvement"][0.4]).all()
     # Neighbours add candidates to the same path: never fewer successes, never less gain.
-    path_only, _ = constrained_optimize(
-        model, starts, objective="qed", predictor=pred, progress=False, deltas=(0.0, 0.4),
-        steps=6, snapshots=3, neighbours=0, samples=0,
-    )  # fmt: skip
+    path_only, _ = run(neighbours=0, samples=0)
     assert (table["success"].to_numpy() >= path_only["success"].to_numpy()).all()
     assert (table["improvement"].to_numpy() >= path_only["improvement"].to_numpy() - 1e-9).all()
     # Decoder samples at each start's latent add candidates again, the same for the same seed.
-    sampled, summary_s = constrained_optimize(
-        model, starts, objective="qed", predictor=pred, progress=False, deltas=(0.0, 0.4),
-        steps=6, snapshots=3, samples=4, temperature=1.0,
-    )  # fmt: skip
+    sampled, summary_s = run(samples=4, temperature=1.0)
     check_constrained_rows(sampled, summary_s, make_objective("qed"))
     assert summary_s["config"]["samples"] == 4
     assert (sampled["success"].to_numpy() >= table["success"].to_numpy()).all()
     assert (sampled["improvement"].to_numpy() >= table["improvement"].to_numpy() - 1e-9).all()
-    again, _ = constrained_optimize(
-        model, starts, objective="qed", predictor=pred, progress=False, deltas=(0.0, 0.4),
-        steps=6, snapshots=3, samples=4, temperature=1.0,
-    )  # fmt: skip
+    again, _ = run(samples=4, temperature=1.0)
     pd.testing.assert_frame_equal(sampled, again)
 
 
