@@ -109,6 +109,42 @@ def selfies_repaired(selfies: str) -> bool:
         return True
 
 
+REPAIR_KINDS = ("branch", "ring", "bond", "atom", "empty")
+
+
+def selfies_repair_kind(selfies: str) -> str | None:
+    """None if the SELFIES decoder did not repair the string (selfies_repaired), else the kind of
+    the first symbol at which the string and the re-encoding of its molecule part ways:
+
+    - "branch": a branch symbol, dropped where the atom has no bond left, or a branch whose
+      length index runs past the end of the string (the SMILES analogue: an unclosed "(");
+    - "ring": a ring symbol, dropped with nothing to close onto, or its index clipped;
+    - "bond": an atom symbol with a double or triple bond, its order cut to fit a valence;
+    - "atom": another atom symbol, typically one after a saturated atom, ignored;
+    - "empty": nothing decodes at all (or the decoder or encoder fails).
+
+    The attribution is to the first difference: one early repair shifts what follows.
+    """
+    try:
+        smi = sf.decoder(selfies)
+        back = list(sf.split_selfies(sf.encoder(smi))) if smi else None
+    except (sf.DecoderError, sf.EncoderError):
+        return "empty"
+    if back is None:
+        return "empty"
+    symbols = list(sf.split_selfies(selfies))
+    if symbols == back:
+        return None
+    pairs = zip(symbols, back, strict=False)  # lengths may differ: the shorter ends the compare
+    k = next((i for i, (a, b) in enumerate(pairs) if a != b), min(len(symbols), len(back)))
+    symbol = symbols[k] if k < len(symbols) else ""
+    if "Branch" in symbol:
+        return "branch"
+    if "Ring" in symbol:
+        return "ring"
+    return "bond" if symbol.startswith(("[=", "[#")) else "atom"
+
+
 def selfies_to_smiles_strict(selfies: str) -> str:
     """selfies_to_smiles, but '' also where the decoder had to repair the string."""
     return "" if selfies_repaired(selfies) else selfies_to_smiles(selfies)

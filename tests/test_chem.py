@@ -140,20 +140,23 @@ def test_shared_pool_is_reused_and_replaced_when_broken_or_resized():
 
 
 @pytest.mark.parametrize(
-    "selfies,repaired",
+    "selfies,kind",
     [
-        ("[C][C][O]", False),
-        ("[C][C][Branch1][C][O][F]", False),  # CC(O)F, nothing to repair
-        ("[F][C][F][F][F][F]", True),  # symbols after the saturated F are ignored
-        ("[C][#O]", True),  # triple bond cut to the double bond O allows
-        ("[O][Ring1][C]", True),  # ring symbol with nothing to close onto
-        ("[C][Branch1][C][O]", True),  # branch dropped
-        ("[C][C][C][Ring1][Ring2]", True),  # ring index beyond the chain, clipped
-        ("", True),
+        ("[C][C][O]", None),
+        ("[C][C][Branch1][C][O][F]", None),  # CC(O)F, nothing to repair
+        ("[F][C][F][F][F][F]", "atom"),  # symbols after the saturated F are ignored
+        ("[C][#O]", "bond"),  # triple bond cut to the double bond O allows
+        ("[O][Ring1][C]", "ring"),  # ring symbol with nothing to close onto
+        ("[C][Branch1][C][O]", "branch"),  # a branch running to the end: CO, written without
+        ("[C][C][C][Ring1][Ring2]", "ring"),  # ring index beyond the chain, clipped
+        ("", "empty"),
     ],
 )
-def test_selfies_repaired_flags_strings_the_decoder_had_to_fix(selfies, repaired):
+def test_selfies_repaired_flags_strings_the_decoder_had_to_fix(selfies, kind):
+    repaired = kind is not None
     assert chem.selfies_repaired(selfies) is repaired
+    assert chem.selfies_repair_kind(selfies) == kind
+    assert kind is None or kind in chem.REPAIR_KINDS
     expect = "" if repaired else chem.selfies_to_smiles(selfies)
     assert chem.selfies_to_smiles_strict(selfies) == expect
 
@@ -166,3 +169,4 @@ def test_no_training_string_counts_as_repaired():
     smiles = data.read_smiles_file(data.bundled_files()["test"])["smiles"][:500]
     encoded = [chem.smiles_to_selfies(chem.canonical(s)) for s in smiles]
     assert not any(chem.selfies_repaired(e) for e in encoded)
+    assert all(chem.selfies_repair_kind(e) is None for e in encoded)
