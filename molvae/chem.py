@@ -21,6 +21,12 @@ from rdkit import Chem, RDLogger
 from rdkit.Chem import QED, Crippen, Descriptors, rdFingerprintGenerator
 from rdkit.Chem.MolStandardize import rdMolStandardize
 from rdkit.Contrib.SA_Score import sascorer
+from selfies.grammar_rules import (
+    get_index_from_selfies,
+    process_atom_symbol,
+    process_branch_symbol,
+    process_ring_symbol,
+)
 
 RDLogger.DisableLog("rdApp.*")  # invalid molecules are counted by callers, not printed one by one
 
@@ -93,56 +99,146 @@ def selfies_to_smiles(selfies: str) -> str:
 
 
 def selfies_repaired(selfies: str) -> bool:
-    """Whether the SELFIES decoder had to repair the string to make a molecule of it.
-
-    SELFIES turns any string into a valid molecule by repairing it: a bond order cut to fit a
-    valence, a ring or branch symbol with no room dropped, an out-of-range ring index clipped,
-    the symbols after a saturated atom ignored. A string it did not repair is the SELFIES
-    encoding of the molecule it denotes, written in its own atom order: encoder(decoder(s)) == s,
-    which holds for every string encoded from a SMILES (tested on MOSES). A repaired string is
-    the SELFIES analogue of an invalid SMILES (Skinnider 2024).
-    """
-    try:
-        smi = sf.decoder(selfies)
-        return not smi or sf.encoder(smi) != selfies
-    except (sf.DecoderError, sf.EncoderError):
-        return True
+    """Whether the SELFIES decoder had to repair the string to make a molecule of it
+    (selfies_repair_kind is not None): the SELFIES analogue of an invalid SMILES (Skinnider
+    2024). Never true of a string encoded from a SMILES (tested on MOSES)."""
+    return selfies_repair_kind(selfies) is not None
 
 
 REPAIR_KINDS = ("branch", "ring", "bond", "atom", "empty")
 
 
 def selfies_repair_kind(selfies: str) -> str | None:
-    """None if the SELFIES decoder did not repair the string (selfies_repaired), else the kind of
-    the first symbol at which the string and the re-encoding of its molecule part ways:
+    """The first repair the SELFIES decoder makes to the string, or None if it makes none.
 
-    - "branch": a branch symbol, dropped where the atom has no bond left, or a branch whose
-      length index runs past the end of the string (the SMILES analogue: an unclosed "(");
-    - "ring": a ring symbol, dropped with nothing to close onto, or its index clipped;
-    - "bond": an atom symbol with a double or triple bond, its order cut to fit a valence;
-    - "atom": another atom symbol, typically one after a saturated atom, ignored;
-    - "empty": nothing decodes at all (or the decoder or encoder fails).
+    Follows the decoder's own derivation (selfies 2.x grammar rules: the state is the number of
+    bonds the current atom has left) and reports the kind of the first rule that changes what
+    the string says:
 
-    The attribution is to the first difference: one early repair shifts what follows.
+    - "branch": a branch symbol dropped (its atom has at most one bond left), its bond order
+      cut, or a branch whose length index runs past the end of the string (the SMILES analogue:
+      an unclosed "(");
+    - "ring": a ring symbol dropped (nothing to close onto, no bond left at either end, a ring
+      onto the atom itself), its bond order cut, its index clipped to the first atom, or a
+      ring bond merged into an existing bond;
+    - "bond": an atom symbol's bond order cut to fit a valence (or a bond order on the first
+      atom, which has nothing to bond to);
+    - "atom": symbols after a saturated atom ignored;
+    - "empty": nothing to decode, or a symbol the decoder does not know.
+
+    A string the decoder writes faithfully but not in the encoder's own order (a branch that
+    ends the string, a ring closure after a branch) is not repaired: encoder(decoder(s)) may
+    differ from s without any repair.
     """
     try:
-        smi = sf.decoder(selfies)
-        back = list(sf.split_selfies(sf.encoder(smi))) if smi else None
-    except (sf.DecoderError, sf.EncoderError):
+        symbols = [t for t in sf.split_selfies(selfies) if t != "[nop]"]
+        return _Derivation(symbols).first_repair() if symbols else "empty"
+    except (ValueError, sf.DecoderError):
         return "empty"
-    if back is None:
-        return "empty"
-    symbols = list(sf.split_selfies(selfies))
-    if symbols == back:
-        return None
-    pairs = zip(symbols, back, strict=False)  # lengths may differ: the shorter ends the compare
-    k = next((i for i, (a, b) in enumerate(pairs) if a != b), min(len(symbols), len(back)))
-    symbol = symbols[k] if k < len(symbols) else ""
-    if "Branch" in symbol:
-        return "branch"
-    if "Ring" in symbol:
-        return "ring"
-    return "bond" if symbol.startswith(("[=", "[#")) else "atom"
+
+
+class _Derivation:
+    """The SELFIES decoder's derivation (selfies.decoder._derive_mol_from_symbols and
+    _form_rings_bilocally) without the molecule: only the valence bookkeeping that decides
+    whether a rule had to change what the string says."""
+
+    def __init__(self, symbols: list[str]) -> None:
+        self.symbols, self.pos = symbols, 0
+        self.capacity: list[int] = []  # per atom: bonding capacity
+        self.used: list[int] = []  # per atom: bond orders made so far
+        self.bonds: set[tuple[int, int]] = set()
+        self.rings: list[tuple[int, int, int]] = []  # (left atom, right atom, order)
+        self.repair: str | None = None
+
+    def first_repair(self) -> str | None:
+        self.derive(None, 0, None)
+        for left, right, order in self.rings:  # rings close after the whole string is read
+            free = min(
+                self.capacity[left] - self.used[left], self.capacity[right] - self.used[right]
+            )
+            if left == right or free <= 0:
+                self.flag("ring")
+                continue
+            made = min(order, free)
+            if made < order or (left, right) in self.bonds:
+                self.flag("ring")
+            self.bonds.add((left, right))
+            self.used[left] += made
+            self.used[right] += made
+        return self.repair
+
+    def flag(self, kind: str) -> None:
+        self.repair = self.repair or kind
+
+    def index(self, n: int, kind: str) -> int:
+        """The value of the n symbols after a branch or ring symbol (0 for missing ones)."""
+        digits = self.symbols[self.pos : self.pos + n]
+        self.pos += len(digits)
+        if len(digits) < n:
+            self.flag(kind)
+        return get_index_from_selfies(*digits) if digits else 0
+
+    def derive(self, budget: int | None, state: int | None, prev: int | None) -> None:
+        """Read up to `budget` symbols (None: all) from the chain at atom `prev` with `state`
+        bonds left, as the decoder does."""
+        start = self.pos
+        while state is not None and (budget is None or self.pos - start < budget):
+            if self.pos == len(self.symbols):
+                if budget is not None:
+                    self.flag("branch")  # the branch runs past the end of the string
+                return
+            symbol = self.symbols[self.pos]
+            self.pos += 1
+            if symbol[-4:-2] == "ch":  # [Branch1], [=Branch2], ...
+                order, n = _known(process_branch_symbol(symbol), symbol)
+                if state <= 1:
+                    self.flag("branch")  # dropped; its index symbols are read as atoms
+                    continue
+                inner = min(state - 1, order)
+                if inner < order:
+                    self.flag("branch")
+                length = self.index(n, "branch") + 1
+                self.derive(length, inner, prev)
+                state -= inner
+            elif symbol[-4:-2] == "ng":  # [Ring1], [=Ring2], ...
+                order, n, _ = _known(process_ring_symbol(symbol), symbol)
+                if state == 0:
+                    self.flag("ring")  # nothing to close onto yet; its index is read as atoms
+                    continue
+                made = min(order, state)
+                if made < order:
+                    self.flag("ring")
+                back = self.index(n, "ring") + 1
+                if prev - back < 0:
+                    self.flag("ring")  # index clipped to the first atom
+                self.rings.append((max(0, prev - back), prev, made))
+                state = state - made or None
+            else:
+                (order, _), atom = _known(process_atom_symbol(symbol), symbol)
+                if state == 0 and (prev is not None or order != 1):
+                    self.flag("bond")  # a bond order on the first atom: nothing to bond to
+                made = min(0 if state == 0 else order, state, atom.bonding_capacity)
+                if state and made < order:
+                    self.flag("bond")
+                self.capacity.append(atom.bonding_capacity)
+                self.used.append(made)
+                if made:
+                    self.used[prev] += made
+                    self.bonds.add((prev, len(self.capacity) - 1))
+                prev = len(self.capacity) - 1
+                state = atom.bonding_capacity - made or None
+        left = len(self.symbols) - self.pos
+        if budget is not None:
+            left = min(left, budget - (self.pos - start))
+        if left > 0:
+            self.flag("atom")  # symbols after a saturated atom: read and ignored
+            self.pos += left
+
+
+def _known(output, symbol: str):
+    if output is None:
+        raise ValueError(f"unknown SELFIES symbol {symbol}")
+    return output
 
 
 def selfies_to_smiles_strict(selfies: str) -> str:

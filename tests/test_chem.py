@@ -144,12 +144,18 @@ def test_shared_pool_is_reused_and_replaced_when_broken_or_resized():
     [
         ("[C][C][O]", None),
         ("[C][C][Branch1][C][O][F]", None),  # CC(O)F, nothing to repair
+        ("[C][Branch1][C][O]", None),  # C(O): a branch that ends the string, written faithfully
+        ("[C][=C][C][=C][C][=C][Ring1][=Branch1]", None),  # benzene, Kekule
         ("[F][C][F][F][F][F]", "atom"),  # symbols after the saturated F are ignored
         ("[C][#O]", "bond"),  # triple bond cut to the double bond O allows
+        ("[=C][C]", "bond"),  # a bond order on the first atom, which has nothing to bond to
+        ("[F][Branch1][C][C]", "branch"),  # F has one bond: the branch is dropped
+        ("[C][Branch1][Ring1][C]", "branch"),  # a branch of 2 symbols where 1 is left
         ("[O][Ring1][C]", "ring"),  # ring symbol with nothing to close onto
-        ("[C][Branch1][C][O]", "branch"),  # a branch running to the end: CO, written without
         ("[C][C][C][Ring1][Ring2]", "ring"),  # ring index beyond the chain, clipped
+        ("[C][C][Ring1][C]", "ring"),  # a ring onto the neighbour: merged into its bond (C=C)
         ("", "empty"),
+        ("[C][Xx]", "empty"),  # a symbol the decoder does not know
     ],
 )
 def test_selfies_repaired_flags_strings_the_decoder_had_to_fix(selfies, kind):
@@ -159,6 +165,53 @@ def test_selfies_repaired_flags_strings_the_decoder_had_to_fix(selfies, kind):
     assert kind is None or kind in chem.REPAIR_KINDS
     expect = "" if repaired else chem.selfies_to_smiles(selfies)
     assert chem.selfies_to_smiles_strict(selfies) == expect
+
+
+def _placed_atoms(symbols: list[str]) -> int:
+    """Atom symbols of a string the decoder reads faithfully: all but the branch and ring
+    symbols and the index symbols that follow them ([Branch2] and [Ring2]: two)."""
+    n, i = 0, 0
+    while i < len(symbols):
+        if symbols[i][-4:-2] in ("ch", "ng"):
+            i += 1 + int(symbols[i][-2])
+        else:
+            n, i = n + 1, i + 1
+    return n
+
+
+def test_repair_kind_agrees_with_the_decoder_on_mutated_moses_strings():
+    """Property test against the selfies decoder itself, on MOSES strings with one or two
+    symbols replaced, inserted or deleted (what a sampling decoder gets wrong): a string the
+    decoder round-trips (encoder(decoder(s)) == s) is never called repaired, and a string
+    called unrepaired decodes to a molecule with one atom per atom symbol."""
+    import selfies as sf
+    from rdkit import Chem
+
+    from molvae import data
+
+    smiles = data.read_smiles_file(data.bundled_files()["test"])["smiles"][:200]
+    encoded = [list(sf.split_selfies(chem.smiles_to_selfies(chem.canonical(s)))) for s in smiles]
+    alphabet = sorted({t for e in encoded for t in e})
+    rng = np.random.default_rng(0)
+    unrepaired = 0
+    for i in range(2000):
+        symbols = list(encoded[i % len(encoded)])
+        for _ in range(rng.integers(1, 3)):
+            j, op = rng.integers(len(symbols)), rng.integers(3)
+            if op == 0:
+                symbols[j] = str(rng.choice(alphabet))
+            elif op == 1:
+                symbols.insert(j, str(rng.choice(alphabet)))
+            elif len(symbols) > 1:
+                del symbols[j]
+        s = "".join(symbols)
+        kind, decoded = chem.selfies_repair_kind(s), sf.decoder(s)
+        if sf.encoder(decoded) == s:
+            assert kind is None, s
+        if kind is None:
+            unrepaired += 1
+            assert Chem.MolFromSmiles(decoded).GetNumAtoms() == _placed_atoms(symbols), s
+    assert 200 < unrepaired < 1800  # both outcomes are exercised
 
 
 def test_no_training_string_counts_as_repaired():

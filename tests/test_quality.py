@@ -79,3 +79,27 @@ def test_table_markdown_and_curves(scored, tmp_path):
     png = quality.plot_validation(val, tmp_path / "val.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
     json.dumps(recs)  # the records are plain JSON
+
+
+def test_a_score_of_an_older_strict_rule_is_rescored_on_the_same_samples(scored, tmp_path):
+    """A row without the current strict_rule (scored when strict decoding used the round-trip
+    rule) gets its strict metrics recomputed from the same samples; the rest of the row and
+    the old values (as roundtrip_*) stay; samples that differ from the scored ones raise."""
+    import shutil
+
+    run, ref, (rec,) = scored
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    old = {k: v for k, v in rec.items() if k != "strict_rule"} | {"strict_valid": -1.0}
+    (copy / quality.QUALITY_JSONL).write_text(json.dumps(old) + "\n")
+    (new,) = quality.score_run(copy, PROTOCOL, reference=ref, held_out=HELD_OUT)
+    assert new["strict_rule"] == quality.STRICT_RULE
+    assert new["strict_valid"] == pytest.approx(rec["strict_valid"])
+    assert new["roundtrip_strict_valid"] == -1.0
+    assert {k: new[k] for k in rec if not k.startswith("strict_")} == {
+        k: rec[k] for k in rec if not k.startswith("strict_")
+    }
+    assert quality.read_scores(copy) == [new]  # rewritten in place, once
+    (copy / quality.QUALITY_JSONL).write_text(json.dumps(old | {"sample_len": 0.5}) + "\n")
+    with pytest.raises(RuntimeError, match="differ from the scored ones"):
+        quality.score_run(copy, PROTOCOL, reference=ref, held_out=HELD_OUT)

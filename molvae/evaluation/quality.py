@@ -23,6 +23,10 @@ log = logging.getLogger(__name__)
 
 QUALITY_JSONL = "quality.jsonl"
 PROTOCOL_VERSION = 1
+# How strict decoding decides that a sample was repaired (chem.selfies_repaired). Rows scored
+# before it was recorded used "roundtrip" (encoder(decoder(s)) != s), which also rejected strings
+# the decoder writes faithfully in another atom order; rescore_strict updates them.
+STRICT_RULE = "derivation"
 # Columns of the curves and tables, in order; strict_* are the same metrics with strict SELFIES
 # decoding (a string the SELFIES decoder had to repair counts as invalid).
 CURVE_METRICS = (
@@ -72,22 +76,15 @@ def score_model(
     seed: int = 0,
     iw_k: int = 16,
     n_jobs: int | None = None,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """The protocol for one model: n prior samples at temperature 1, scored with the MOSES suite
     against `reference` both as sampled and with strict SELFIES decoding; greedy reconstruction
     of held_out molecules from their posterior means; their importance-weighted NLL bound."""
-    z = latent.prior(n, model.latent_dim, seed)
-    ids = model.engine.decode_ids(z, seed + 1, 1.0, greedy=False)
-    selfies = model.vocab.decode_selfies_batch(ids)
+    selfies, mean_len = _prior_samples(model, n, seed)
     smiles = chem.parallel_map(chem.selfies_to_smiles, selfies, n_jobs=n_jobs)
-    repaired = np.array(chem.parallel_map(chem.selfies_repaired, selfies, n_jobs=n_jobs), bool)
-    strict = ["" if r else s for s, r in zip(smiles, repaired, strict=True)]
     with chemnet.memoized():  # the strict samples are a subset: one ChemNet pass for both
         out = metrics.evaluate(smiles, reference=reference, n_jobs=n_jobs)
-        s_out = metrics.evaluate(strict, reference=reference, n_jobs=n_jobs)
-    out.update({f"strict_{k}": v for k, v in s_out.items()})
-    out["repaired"] = float(repaired.mean())
-    mean_len = float(np.mean([(row != 0).sum() for row in ids]))
+        out.update(_strict_scores(selfies, smiles, reference, n_jobs))
     out["sample_len"] = mean_len
     held_out = [s for s, ok in zip(held_out, model.encodable(held_out), strict=True) if ok]
     if held_out:
@@ -99,6 +96,47 @@ def score_model(
         out["rate"] = float(np.mean(ll["rate"]))
         out["distortion"] = float(np.mean(ll["distortion"]))
     return out
+
+
+def _prior_samples(model, n: int, seed: int) -> tuple[list[str], float]:
+    """The protocol's n prior samples at temperature 1 (SELFIES) and their mean length in
+    tokens, which identifies them when a score is revisited."""
+    z = latent.prior(n, model.latent_dim, seed)
+    ids = model.engine.decode_ids(z, seed + 1, 1.0, greedy=False)
+    return model.vocab.decode_selfies_batch(ids), float(np.mean([(r != 0).sum() for r in ids]))
+
+
+def _strict_scores(
+    selfies: Sequence[str], smiles: Sequence[str], reference: Path, n_jobs: int | None
+) -> dict[str, Any]:
+    """The MOSES suite on the samples the SELFIES decoder did not repair (the others count as
+    invalid), the repaired fraction, and the rule that decided (STRICT_RULE)."""
+    repaired = np.array(chem.parallel_map(chem.selfies_repaired, selfies, n_jobs=n_jobs), bool)
+    strict = ["" if r else s for s, r in zip(smiles, repaired, strict=True)]
+    scores = metrics.evaluate(strict, reference=reference, n_jobs=n_jobs)
+    out = {f"strict_{k}": v for k, v in scores.items()}
+    return out | {"repaired": float(repaired.mean()), "strict_rule": STRICT_RULE}
+
+
+def rescore_strict(
+    model, rec: dict[str, Any], reference: Path, n_jobs: int | None = None
+) -> dict[str, Any]:
+    """A score recorded under an older strict rule, with its strict metrics recomputed under
+    STRICT_RULE on the same samples (redrawn from the protocol's seeds and checked against the
+    recorded mean length); the old values stay in the row as roundtrip_strict_*."""
+    protocol = rec["protocol"]
+    selfies, mean_len = _prior_samples(model, protocol["n"], protocol["seed"])
+    if "sample_len" in rec and not math.isclose(mean_len, rec["sample_len"], abs_tol=1e-6):
+        raise RuntimeError(
+            f"{rec['run']} step {rec['step']}: the redrawn samples differ from the scored ones "
+            f"(mean length {mean_len} against {rec['sample_len']}); score it afresh"
+        )
+    smiles = chem.parallel_map(chem.selfies_to_smiles, selfies, n_jobs=n_jobs)
+    new = _strict_scores(selfies, smiles, reference, n_jobs)
+    old = {f"roundtrip_{k}": rec[k] for k in new if k.startswith("strict_") and k in rec}
+    if "repaired" in rec:
+        old["roundtrip_repaired"] = rec["repaired"]
+    return rec | old | new
 
 
 def held_out_molecules(n: int, seed: int = 0) -> list[str]:
@@ -116,6 +154,45 @@ def read_scores(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _update_strict(
+    path: Path,
+    protocol: dict[str, Any],
+    load_model,
+    runs: set[str] | None = None,
+    reference: Path | None = None,
+) -> None:
+    """Rescore, in place, the rows of a scores file under `protocol` (and of `runs`, if given)
+    whose strict metrics an older rule decided (rescore_strict)."""
+    if not path.exists():
+        return
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    stale = [
+        i
+        for i, r in enumerate(rows)
+        if r.get("protocol") == protocol
+        and r.get("strict_rule") != STRICT_RULE
+        and (runs is None or r["run"] in runs)
+    ]
+    if not stale:
+        return
+    if reference is None:
+        reference = reference_subset(protocol["ref_n"], protocol["seed"])
+    for i in stale:
+        rows[i] = rescore_strict(load_model(rows[i]), rows[i], reference)
+        log.info(
+            "%s step %d: strict valid %.3f (round-trip rule %.3f), strict FCD/Test %.3f (%.3f)",
+            rows[i]["run"],
+            rows[i]["step"],
+            rows[i]["strict_valid"],
+            rows[i].get("roundtrip_strict_valid", math.nan),
+            rows[i]["strict_FCD/Test"],
+            rows[i].get("roundtrip_strict_FCD/Test", math.nan),
+        )
+        tmp = path.with_suffix(".tmp")  # rewrite after each row: an interruption loses nothing
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        tmp.replace(path)
+
+
 def score_run(
     run_dir: Path,
     protocol: dict[str, Any],
@@ -127,10 +204,17 @@ def score_run(
 ) -> list[dict[str, Any]]:
     """Score the checkpoints of a run not scored yet under `protocol` (n, ref_n, recon_n, iw_k,
     seed); each score is appended to run_dir/quality.jsonl with the checkpoint's CPU seconds
-    and molecules seen. Returns every score of the run under this protocol. reference and
+    and molecules seen. Scores whose strict metrics an older rule decided are rescored first
+    (rescore_strict). Returns every score of the run under this protocol. reference and
     held_out default to the protocol's MOSES subsets (reference_subset, held_out_molecules)."""
 
     run_dir = Path(run_dir)
+    _update_strict(
+        run_dir / QUALITY_JSONL,
+        protocol,
+        lambda rec: load(run_dir, step=rec["step"]),
+        reference=reference,
+    )
     have = {r["step"] for r in read_scores(run_dir) if r.get("protocol") == protocol}
     all_steps = checkpoint_steps(run_dir)
     todo = all_steps[::every] + all_steps[-1:] if all_steps else []
@@ -240,6 +324,7 @@ def score_fixed(
     in out/quality_fixed.jsonl. Its row has no CPU time or molecules seen."""
 
     path = Path(out) / "quality_fixed.jsonl"
+    _update_strict(path, protocol, lambda rec: load(rec["run"]), runs={name})
     if path.exists():
         for line in path.read_text().splitlines():
             rec = json.loads(line)
