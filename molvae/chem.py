@@ -106,14 +106,41 @@ def selfies_repaired(selfies: str) -> bool:
 
 
 REPAIR_KINDS = ("branch", "ring", "bond", "atom", "empty")
+REPAIR_RULES = {
+    "branch": (
+        "branch past the end",
+        "branch with no bond left",
+        "branch bond order cut",
+        "branch index cut off",
+    ),
+    "ring": (
+        "ring onto a full atom",
+        "ring onto its own atom",
+        "ring index past the first atom",
+        "ring bond order cut",
+        "ring merged into a bond",
+        "ring before any atom",
+        "ring index cut off",
+    ),
+    "bond": ("bond order cut", "bond order on the first atom"),
+    "atom": ("symbols after a full atom",),
+    "empty": ("nothing to decode", "unknown symbol"),
+}
 
 
 def selfies_repair_kind(selfies: str) -> str | None:
-    """The first repair the SELFIES decoder makes to the string, or None if it makes none.
+    """The kind of the first repair the SELFIES decoder makes (selfies_repair), or None."""
+    repair = selfies_repair(selfies)
+    return repair[0] if repair else None
+
+
+def selfies_repair(selfies: str) -> tuple[str, str] | None:
+    """The first repair the SELFIES decoder makes to the string, as (kind, rule), or None.
 
     Follows the decoder's own derivation (selfies 2.x grammar rules: the state is the number of
-    bonds the current atom has left) and reports the kind of the first rule that changes what
-    the string says:
+    bonds the current atom has left) and reports the first rule that changes what the string
+    says (rings close after the whole string is read, so their repairs come after the others),
+    with its kind (REPAIR_KINDS) and a short name of the rule (REPAIR_RULES):
 
     - "branch": a branch symbol dropped (its atom has at most one bond left), its bond order
       cut, or a branch whose length index runs past the end of the string (the SMILES analogue:
@@ -132,9 +159,9 @@ def selfies_repair_kind(selfies: str) -> str | None:
     """
     try:
         symbols = [t for t in sf.split_selfies(selfies) if t != "[nop]"]
-        return _Derivation(symbols).first_repair() if symbols else "empty"
+        return _Derivation(symbols).first_repair() if symbols else ("empty", "nothing to decode")
     except (ValueError, sf.DecoderError):
-        return "empty"
+        return ("empty", "unknown symbol")
 
 
 class _Derivation:
@@ -150,32 +177,36 @@ class _Derivation:
         self.rings: list[tuple[int, int, int]] = []  # (left atom, right atom, order)
         self.repair: str | None = None
 
-    def first_repair(self) -> str | None:
+    def first_repair(self) -> tuple[str, str] | None:
         self.derive(None, 0, None)
         for left, right, order in self.rings:  # rings close after the whole string is read
             free = min(
                 self.capacity[left] - self.used[left], self.capacity[right] - self.used[right]
             )
             if left == right or free <= 0:
-                self.flag("ring")
+                self.flag(
+                    "ring", "ring onto its own atom" if left == right else "ring onto a full atom"
+                )
                 continue
             made = min(order, free)
-            if made < order or (left, right) in self.bonds:
-                self.flag("ring")
+            if made < order:
+                self.flag("ring", "ring bond order cut")
+            if (left, right) in self.bonds:
+                self.flag("ring", "ring merged into a bond")
             self.bonds.add((left, right))
             self.used[left] += made
             self.used[right] += made
         return self.repair
 
-    def flag(self, kind: str) -> None:
-        self.repair = self.repair or kind
+    def flag(self, kind: str, rule: str) -> None:
+        self.repair = self.repair or (kind, rule)
 
     def index(self, n: int, kind: str) -> int:
         """The value of the n symbols after a branch or ring symbol (0 for missing ones)."""
         digits = self.symbols[self.pos : self.pos + n]
         self.pos += len(digits)
         if len(digits) < n:
-            self.flag(kind)
+            self.flag(kind, f"{kind} index cut off")
         return get_index_from_selfies(*digits) if digits else 0
 
     def derive(self, budget: int | None, state: int | None, prev: int | None) -> None:
@@ -185,41 +216,41 @@ class _Derivation:
         while state is not None and (budget is None or self.pos - start < budget):
             if self.pos == len(self.symbols):
                 if budget is not None:
-                    self.flag("branch")  # the branch runs past the end of the string
+                    self.flag("branch", "branch past the end")
                 return
             symbol = self.symbols[self.pos]
             self.pos += 1
             if symbol[-4:-2] == "ch":  # [Branch1], [=Branch2], ...
                 order, n = _known(process_branch_symbol(symbol), symbol)
                 if state <= 1:
-                    self.flag("branch")  # dropped; its index symbols are read as atoms
+                    self.flag("branch", "branch with no bond left")  # its index is read as atoms
                     continue
                 inner = min(state - 1, order)
                 if inner < order:
-                    self.flag("branch")
+                    self.flag("branch", "branch bond order cut")
                 length = self.index(n, "branch") + 1
                 self.derive(length, inner, prev)
                 state -= inner
             elif symbol[-4:-2] == "ng":  # [Ring1], [=Ring2], ...
                 order, n, _ = _known(process_ring_symbol(symbol), symbol)
                 if state == 0:
-                    self.flag("ring")  # nothing to close onto yet; its index is read as atoms
+                    self.flag("ring", "ring before any atom")  # its index is read as atoms
                     continue
                 made = min(order, state)
                 if made < order:
-                    self.flag("ring")
+                    self.flag("ring", "ring bond order cut")
                 back = self.index(n, "ring") + 1
                 if prev - back < 0:
-                    self.flag("ring")  # index clipped to the first atom
+                    self.flag("ring", "ring index past the first atom")
                 self.rings.append((max(0, prev - back), prev, made))
                 state = state - made or None
             else:
                 (order, _), atom = _known(process_atom_symbol(symbol), symbol)
                 if state == 0 and (prev is not None or order != 1):
-                    self.flag("bond")  # a bond order on the first atom: nothing to bond to
+                    self.flag("bond", "bond order on the first atom")
                 made = min(0 if state == 0 else order, state, atom.bonding_capacity)
                 if state and made < order:
-                    self.flag("bond")
+                    self.flag("bond", "bond order cut")
                 self.capacity.append(atom.bonding_capacity)
                 self.used.append(made)
                 if made:
@@ -231,7 +262,7 @@ class _Derivation:
         if budget is not None:
             left = min(left, budget - (self.pos - start))
         if left > 0:
-            self.flag("atom")  # symbols after a saturated atom: read and ignored
+            self.flag("atom", "symbols after a full atom")  # read and ignored
             self.pos += left
 
 

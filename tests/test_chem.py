@@ -162,9 +162,31 @@ def test_selfies_repaired_flags_strings_the_decoder_had_to_fix(selfies, kind):
     repaired = kind is not None
     assert chem.selfies_repaired(selfies) is repaired
     assert chem.selfies_repair_kind(selfies) == kind
-    assert kind is None or kind in chem.REPAIR_KINDS
+    repair = chem.selfies_repair(selfies)
+    assert (repair is None) is (kind is None)
+    assert kind is None or (repair[0] == kind and repair[1] in chem.REPAIR_RULES[kind])
     expect = "" if repaired else chem.selfies_to_smiles(selfies)
     assert chem.selfies_to_smiles_strict(selfies) == expect
+
+
+@pytest.mark.parametrize(
+    "selfies,rule",
+    [
+        ("[F][C][F][F][F][F]", "symbols after a full atom"),
+        ("[C][#O]", "bond order cut"),
+        ("[=C][C]", "bond order on the first atom"),
+        ("[F][Branch1][C][C]", "branch with no bond left"),
+        ("[C][Branch1][Ring1][C]", "branch past the end"),
+        ("[C][C][C][Ring1][Ring2]", "ring index past the first atom"),
+        ("[C][C][Ring1][C]", "ring merged into a bond"),
+        ("[F][C][C][Ring1][Ring1]", "ring onto a full atom"),  # back onto F, which has no bond left
+        ("[C][Xx]", "unknown symbol"),
+    ],
+)
+def test_selfies_repair_names_the_rule(selfies, rule):
+    kind, got = chem.selfies_repair(selfies)
+    assert got == rule and rule in chem.REPAIR_RULES[kind]
+    assert set(chem.REPAIR_RULES) == set(chem.REPAIR_KINDS)
 
 
 def _placed_atoms(symbols: list[str]) -> int:
