@@ -100,12 +100,11 @@ def selfies_to_smiles(selfies: str) -> str:
 
 def selfies_repaired(selfies: str) -> bool:
     """Whether the SELFIES decoder had to repair the string to make a molecule of it
-    (selfies_repair_kind is not None): the SELFIES analogue of an invalid SMILES (Skinnider
+    (selfies_repair is not None): the SELFIES analogue of an invalid SMILES (Skinnider
     2024). Never true of a string encoded from a SMILES (tested on MOSES)."""
-    return selfies_repair_kind(selfies) is not None
+    return selfies_repair(selfies) is not None
 
 
-REPAIR_KINDS = ("branch", "ring", "bond", "atom", "empty")
 REPAIR_RULES = {
     "branch": (
         "branch past the end",
@@ -126,6 +125,7 @@ REPAIR_RULES = {
     "atom": ("symbols after a full atom",),
     "empty": ("nothing to decode", "unknown symbol"),
 }
+REPAIR_KINDS = tuple(REPAIR_RULES)  # "branch", "ring", "bond", "atom", "empty"
 
 
 def selfies_repair_kind(selfies: str) -> str | None:
