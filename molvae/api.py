@@ -119,13 +119,19 @@ class MolVAE:
         temperature: float = 1.0,
         seed: int = 0,
         strict: bool = False,
+        grammar: bool | None = None,
     ) -> list[str]:
         """Canonical SMILES for latents z (n, latent_dim); '' where decoding fails.
 
         strict: also '' where the SELFIES decoder had to repair the sampled string (a bond
         order cut, a ring or branch dropped, symbols ignored): the SELFIES analogue of an
-        invalid SMILES, so that `valid` means what it means for a SMILES model."""
-        return self.engine.decode(np.asarray(z), seed, temperature, greedy, strict)
+        invalid SMILES, so that `valid` means what it means for a SMILES model.
+        grammar: grammar-constrained decoding (molvae.models.grammar): at every step the
+        tokens that would make the SELFIES decoder repair the string are masked out, so the
+        decoder's distribution is renormalised over strings it writes as they are. Needs a
+        vocabulary of single SELFIES symbols (not BPE). None: as the model was trained
+        (ModelConfig.grammar)."""
+        return self.engine.decode(np.asarray(z), seed, temperature, greedy, strict, grammar)
 
     def sample(
         self,
@@ -135,14 +141,17 @@ class MolVAE:
         greedy: bool = False,
         scale: float = 1.0,
         strict: bool = False,
+        grammar: bool | None = None,
     ) -> list[str]:
         """n molecules from the prior z ~ N(0, scale^2 I), decoded stochastically at
-        `temperature` (or greedily). Same seed, same molecules. strict: see decode; a
-        repaired sample is '' (invalid), never resampled."""
+        `temperature` (or greedily). Same seed, same molecules. strict, grammar: see decode;
+        a repaired sample is '' (invalid) under strict, never resampled."""
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
         z = latent.prior(n, self.latent_dim, seed, scale)
-        return self.decode(z, greedy=greedy, temperature=temperature, seed=seed + 1, strict=strict)
+        return self.decode(
+            z, greedy=greedy, temperature=temperature, seed=seed + 1, strict=strict, grammar=grammar
+        )
 
     def reconstruct(self, smiles: Sequence[str], greedy: bool = True, seed: int = 0) -> list[str]:
         """Encode to the posterior mean, decode back."""

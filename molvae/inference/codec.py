@@ -15,6 +15,7 @@ import selfies as sf
 from flax import nnx
 
 from molvae import chem, data
+from molvae.models import grammar as gram
 from molvae.models.losses import gaussian_kl, sequence_nll
 from molvae.models.vae import VAE
 from molvae.vocab import UnknownSymbolError, Vocab
@@ -32,10 +33,11 @@ def _encode(graphdef, params, tokens, lengths):
     return nnx.merge(graphdef, params).encode(tokens, lengths)
 
 
-@partial(jax.jit, static_argnames=("graphdef", "k"))
-def _iw_terms(graphdef, params, tokens, lengths, keys, k: int):
+@partial(jax.jit, static_argnames=("graphdef", "k", "max_len"))
+def _iw_terms(graphdef, params, tokens, lengths, keys, k: int, tables=None, max_len: int = 0):
     """Importance-weighted log p(x) bound with k samples from q(z|x), and rate/distortion (B,).
-    keys: one per row, so a molecule's draws do not depend on the batch it shares."""
+    keys: one per row, so a molecule's draws do not depend on the batch it shares. tables: the
+    grammar of a model with grammar-constrained decoding (its likelihood is under the masks)."""
     model = nnx.merge(graphdef, params)
     mu, logvar = model.encode(tokens, lengths)  # (B, Z)
     std = jnp.exp(0.5 * logvar)
@@ -45,6 +47,9 @@ def _iw_terms(graphdef, params, tokens, lengths, keys, k: int):
     flat = z.reshape(-1, z.shape[-1])
     tok = jnp.tile(tokens, (k, 1))
     logits = model.decoder(flat, tok[:, :-1])
+    if tables is not None:
+        mask = gram.sequence_masks(tables, tokens[:, 1:], max_len)
+        logits = gram.restrict(logits, jnp.tile(mask, (k, 1, 1)))
     nll, _, _ = sequence_nll(logits, tok[:, 1:], jnp.tile(lengths, k))
     log_px_z = -nll.reshape(k, -1)  # (K, B)
     log_pz = -0.5 * jnp.sum(jnp.square(z) + jnp.log(2 * jnp.pi), -1)
@@ -75,6 +80,9 @@ class LatentCodec:
         self.graphdef, self.params = nnx.split(model)
         self.vocab, self.max_len = vocab, max_len
         self.latent_dim = model.cfg.latent_dim
+        self.grammar = (
+            gram.grammar_tables(vocab.tokens, vocab.eos_id) if model.cfg.grammar else None
+        )
 
     def to_selfies(self, smiles: str) -> Encoded:
         """SELFIES of one molecule in this vocabulary, preprocessed as the training data was
@@ -211,7 +219,16 @@ class LatentCodec:
             n = len(t)
             t = np.concatenate([t, np.zeros((chunk - n, t.shape[1]), t.dtype)])
             l_ = np.concatenate([l_, np.ones(chunk - n, l_.dtype)])
-            res = _iw_terms(self.graphdef, self.params, t, l_, keys[i : i + chunk], k)
+            res = _iw_terms(
+                self.graphdef,
+                self.params,
+                t,
+                l_,
+                keys[i : i + chunk],
+                k,
+                self.grammar,
+                self.max_len,
+            )
             for name, v in zip(parts, res, strict=True):
                 parts[name].append(np.asarray(v)[:n])
         out = {}

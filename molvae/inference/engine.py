@@ -11,6 +11,7 @@ import numpy as np
 from flax import nnx
 
 from molvae import chem
+from molvae.models import grammar as gram
 from molvae.models.vae import VAE
 from molvae.vocab import Vocab
 
@@ -20,24 +21,25 @@ MIN_BUCKET = 32  # smallest batch the unfinished rows are packed into (sizes CHU
 
 
 @partial(jax.jit, static_argnames=("graphdef", "max_len", "greedy"))
-def _generate(graphdef, params, z, key, temperature, max_len: int, greedy: bool):
+def _generate(graphdef, params, z, key, temperature, max_len: int, greedy: bool, tables=None):
     """Every row for all max_len + 1 steps in one scan (the reference for DecodingEngine)."""
-    return nnx.merge(graphdef, params).generate(z, key, max_len, temperature, greedy)
+    return nnx.merge(graphdef, params).generate(z, key, max_len, temperature, greedy, tables)
 
 
-@partial(jax.jit, static_argnames=("graphdef", "length"))
-def _start(graphdef, params, z, key, length: int):
+@partial(jax.jit, static_argnames=("graphdef", "length", "grammar"))
+def _start(graphdef, params, z, key, length: int, grammar: bool = False):
     zin, hs = nnx.merge(graphdef, params).decoder.initial_state(z, length)
-    return zin, hs, jnp.full((z.shape[0],), 1, jnp.int32), jax.random.split(key, z.shape[0])
+    g = gram.init_state(z.shape[0], length - 1) if grammar else None
+    return zin, hs, jnp.full((z.shape[0],), 1, jnp.int32), jax.random.split(key, z.shape[0]), g
 
 
 @partial(jax.jit, static_argnames=("graphdef", "greedy"))
-def _segment(graphdef, params, state, done, pos, temperature, greedy: bool):
-    zin, hs, token, keys = state
-    token, hs, done, ids = nnx.merge(graphdef, params).decode_steps(
-        zin, hs, token, done, keys, pos, SEGMENT, temperature, greedy
+def _segment(graphdef, params, state, done, pos, temperature, greedy: bool, tables=None):
+    zin, hs, token, keys, g = state
+    token, hs, done, ids, g = nnx.merge(graphdef, params).decode_steps(
+        zin, hs, token, done, keys, pos, SEGMENT, temperature, greedy, tables, g
     )
-    return (zin, hs, token, keys), done, ids
+    return (zin, hs, token, keys, g), done, ids
 
 
 @jax.jit
@@ -146,15 +148,29 @@ class DecodingEngine:
             for layer in gen.decoder.layers:
                 layer.dtype = decode_dtype
             self.gen_graphdef = nnx.split(gen)[0]
+        self._tables: gram.GrammarTables | None = None
+        self.grammar = model.cfg.grammar  # the default of decode's `grammar`
+
+    def grammar_tables(self) -> gram.GrammarTables:
+        """The vocabulary's tables for grammar-constrained decoding (models.grammar); a
+        ValueError for a vocabulary with BPE tokens."""
+        if self._tables is None:
+            self._tables = gram.grammar_tables(self.vocab.tokens, self.vocab.eos_id)
+        return self._tables
 
     def decode_ids(
-        self, z: np.ndarray, seed: int = 0, temperature: float = 1.0, greedy: bool = True
+        self,
+        z: np.ndarray,
+        seed: int = 0,
+        temperature: float = 1.0,
+        greedy: bool = True,
+        grammar: bool | None = None,
     ) -> np.ndarray:
         """Token ids (n, max_len + 1) for latents z (n, Z), in fixed-size jitted chunks."""
-        out = list(self.iter_ids(z, seed, temperature, greedy))
+        out = list(self.iter_ids(z, seed, temperature, greedy, grammar))
         return np.concatenate(out) if out else np.zeros((0, self.max_len + 1), np.int32)
 
-    def iter_ids(self, z, seed: int, temperature: float, greedy: bool):
+    def iter_ids(self, z, seed: int, temperature: float, greedy: bool, grammar: bool | None = None):
         """Ids (CHUNK rows at a time, in order; the last block shorter) for latents z.
 
         Continuous batching: CHUNK decoding slots run SEGMENT steps per jitted call, and
@@ -163,7 +179,11 @@ class DecodingEngine:
         lengths; when no latents are left, the unfinished rows are packed into the smallest
         batch of CHUNK / 2^k that holds them. Latent j of chunk c = j // CHUNK draws with key
         split(fold_in(key(seed), c), CHUNK)[j % CHUNK], so the ids are those of _generate on
-        each padded chunk, and do not depend on which other latents share the batch."""
+        each padded chunk, and do not depend on which other latents share the batch.
+
+        grammar: draw only among the tokens after which the SELFIES decoder needs no repair
+        (models.grammar), the decoder's distribution renormalised over them at each step (None:
+        as the model was trained, ModelConfig.grammar)."""
         z = np.asarray(z, np.float32)
         if z.ndim != 2 or z.shape[1] != self.latent_dim:
             raise ValueError(f"latents must have shape (n, {self.latent_dim}), got {z.shape}")
@@ -173,11 +193,14 @@ class DecodingEngine:
         if n == 0:
             return
         key, temp = jax.random.key(seed), jnp.float32(temperature)
+        tables = self.grammar_tables() if grammar else None
 
         def start(c: int):  # start state of chunk c (CHUNK rows, the last chunk padded)
             zc = z[c * CHUNK : (c + 1) * CHUNK]
             zc = np.concatenate([zc, np.zeros((CHUNK - len(zc), zc.shape[1]), np.float32)])
-            return _start(self.gen_graphdef, self.params, zc, jax.random.fold_in(key, c), width)
+            return _start(
+                self.gen_graphdef, self.params, zc, jax.random.fold_in(key, c), width, grammar
+            )
 
         chunks = _Chunks(n, width)
         chunks.open(0)
@@ -205,6 +228,7 @@ class DecodingEngine:
                 jnp.asarray(slots.pos),
                 temp,
                 greedy,
+                tables,
             )
             ids, done = np.asarray(ids), np.asarray(done)
             row = np.flatnonzero(live)
@@ -218,11 +242,15 @@ class DecodingEngine:
             slots.mol[finished] = -1
             yield from chunks.ready()
 
-    def warm_up(self, greedy: bool = False) -> None:
+    def warm_up(self, greedy: bool = False, grammar: bool | None = None) -> None:
         """Compile the decoder for every packed batch size now rather than on first use."""
+        grammar = self.grammar if grammar is None else grammar
         sizes = [CHUNK >> k for k in range(CHUNK.bit_length()) if CHUNK >> k >= MIN_BUCKET]
         z = np.zeros((CHUNK, self.latent_dim), np.float32)
-        full = _start(self.gen_graphdef, self.params, z, jax.random.key(0), self.max_len + 1)
+        tables = self.grammar_tables() if grammar else None
+        full = _start(
+            self.gen_graphdef, self.params, z, jax.random.key(0), self.max_len + 1, grammar
+        )
         full = _refill(full, full, jnp.zeros(CHUNK, jnp.int32), jnp.zeros(CHUNK, bool))
         temp = jnp.float32(1.0)
         for size in sizes:
@@ -232,7 +260,14 @@ class DecodingEngine:
                     _take(state, jnp.arange(smaller))
             pos = jnp.zeros(size, jnp.int32)
             out = _segment(
-                self.gen_graphdef, self.params, state, jnp.zeros(size, bool), pos, temp, greedy
+                self.gen_graphdef,
+                self.params,
+                state,
+                jnp.zeros(size, bool),
+                pos,
+                temp,
+                greedy,
+                tables,
             )
             jax.block_until_ready(out)
 
@@ -251,13 +286,15 @@ class DecodingEngine:
         temperature: float = 1.0,
         greedy: bool = True,
         strict: bool = False,
+        grammar: bool | None = None,
     ) -> list[str]:
         """Canonical SMILES for latents z ('' where decoding fails; with strict, also where the
-        SELFIES had to be repaired). Large batches overlap the network with RDKit: each decoded
-        chunk goes to a process pool while the next decodes."""
+        SELFIES had to be repaired; with grammar, see iter_ids). Large batches overlap the
+        network with RDKit: each decoded chunk goes to a process pool while the next decodes."""
         jobs = chem.default_jobs()
         if len(z) < chem.SERIAL_BELOW or jobs <= 1:
-            return self.ids_to_smiles(self.decode_ids(z, seed, temperature, greedy), 1, strict)
+            ids = self.decode_ids(z, seed, temperature, greedy, grammar)
+            return self.ids_to_smiles(ids, 1, strict)
         with chem.process_pool(jobs) as pool:
             parts = [
                 pool.map(
@@ -265,6 +302,6 @@ class DecodingEngine:
                     self.vocab.decode_selfies_batch(ids),
                     chunksize=max(16, len(ids) // (4 * jobs)),
                 )
-                for ids in self.iter_ids(z, seed, temperature, greedy)
+                for ids in self.iter_ids(z, seed, temperature, greedy, grammar)
             ]
             return [smi for part in parts for smi in part]

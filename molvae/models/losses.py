@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from molvae.models import grammar as gram
 from molvae.models.vae import VAE
 
 
@@ -32,15 +33,20 @@ def elbo_terms(
     key: jax.Array,
     beta: jax.Array,
     free_bits: float,
+    mask: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Loss = E[recon] + beta * KL (with optional free bits); weights (B,) mask padding rows."""
-    loss, aux, _ = elbo_with_means(model, tokens, lengths, weights, key, beta, free_bits)
+    """Loss = E[recon] + beta * KL (with optional free bits); weights (B,) mask padding rows.
+    mask (B, L, V): the tokens the decoder may emit at each target position (grammar-constrained
+    decoding, models.grammar.sequence_masks); its softmax is over those only."""
+    loss, aux, _ = elbo_with_means(model, tokens, lengths, weights, key, beta, free_bits, mask)
     return loss, aux
 
 
-def elbo_with_means(model, tokens, lengths, weights, key, beta, free_bits):
+def elbo_with_means(model, tokens, lengths, weights, key, beta, free_bits, mask=None):
     """elbo_terms plus the posterior means (for the joint property loss)."""
     logits, mu, logvar = model(tokens, lengths, key)
+    if mask is not None:
+        logits = gram.restrict(logits, mask)
     recon, hits, count = sequence_nll(logits, tokens[:, 1:], lengths)
     kl_dim = gaussian_kl(mu, logvar)  # (B, Z)
     n = jnp.maximum(weights.sum(), 1.0)

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from molvae.models import grammar as gram
 from molvae.models.gru import GRU, reverse_padded
 from molvae.models.transformer import TransformerDecoder
 
@@ -32,6 +33,10 @@ class ModelConfig:
     decoder: str = "gru"  # gru | transformer (dec_hidden wide, dec_layers blocks)
     dec_heads: int = 4  # transformer: attention heads
     dec_ff_mult: int = 4  # transformer: MLP width as a multiple of dec_hidden
+    # Grammar-constrained decoding (models.grammar): the decoder's softmax is over the tokens
+    # after which the SELFIES decoder needs no repair, in training, likelihoods and sampling.
+    # Parameters are those of the unconstrained model (a run may branch from one).
+    grammar: bool = False
 
     def __post_init__(self) -> None:
         for name in (
@@ -175,18 +180,22 @@ class VAE(nnx.Module):
         max_len: int,
         temperature: float | jax.Array = 1.0,
         greedy: bool = False,
+        grammar: gram.GrammarTables | None = None,
     ) -> jax.Array:
         """Decode z (B, Z) autoregressively to ids (B, max_len + 1); pad (0) after eos (2).
 
         Each row draws from its own key (split from `key`), so a row's molecule does not depend
-        on the other rows: the decoding engine (molvae.inference.engine) gives the same ids."""
+        on the other rows: the decoding engine (molvae.inference.engine) gives the same ids.
+        With `grammar` (models.grammar.grammar_tables of the vocabulary), tokens that would make
+        the SELFIES decoder repair the string are masked out at every step."""
         B = z.shape[0]
         zin, hs = self.decoder.initial_state(z, max_len + 1)
         bos = jnp.full((B,), 1, jnp.int32)
         done = jnp.zeros((B,), bool)
         row_keys = jax.random.split(key, B)
-        _, _, _, out = self.decode_steps(
-            zin, hs, bos, done, row_keys, 0, max_len + 1, temperature, greedy
+        gstate = None if grammar is None else gram.init_state(B, max_len)
+        *_, out, _ = self.decode_steps(
+            zin, hs, bos, done, row_keys, 0, max_len + 1, temperature, greedy, grammar, gstate
         )
         return out
 
@@ -201,28 +210,36 @@ class VAE(nnx.Module):
         steps: int,
         temperature: float | jax.Array = 1.0,
         greedy: bool = False,
-    ) -> tuple[jax.Array, list[jax.Array], jax.Array, jax.Array]:
+        grammar: gram.GrammarTables | None = None,
+        gstate: gram.GrammarState | None = None,
+    ) -> tuple[jax.Array, list[jax.Array], jax.Array, jax.Array, gram.GrammarState | None]:
         """`steps` decoding steps from position t0 (a scalar, or (B,) for rows at different
-        positions): (token, states, done) after them and the ids emitted (B, steps). Rows that
-        are done emit pad (0); position t of row i samples with fold_in(row_keys[i], t)."""
+        positions): (token, states, done) after them, the ids emitted (B, steps) and the grammar
+        state (None without `grammar`). Rows that are done emit pad (0); position t of row i
+        samples with fold_in(row_keys[i], t). With `grammar` and its state `gstate`, each step
+        draws only among the tokens models.grammar allows."""
 
         table = self.decoder.input_table()
 
         def body(carry, t):
-            token, hs, done = carry
+            token, hs, done, g = carry
             logits, hs = self.decoder.step(token, zin, hs, table, t)
             logits = logits.at[:, :2].set(-jnp.inf)  # never emit pad or bos
+            if grammar is not None:
+                g, logits = gram.mask_logits(g, grammar, logits)
             if greedy:
                 nxt = jnp.argmax(logits, axis=-1).astype(jnp.int32)
             else:
                 nxt = _draw(row_keys, t, logits / temperature)
             nxt = jnp.where(done, 0, nxt)
             done = done | (nxt == 2)
-            return (nxt, hs, done), nxt
+            if grammar is not None:
+                g = gram.advance(g, nxt, grammar)
+            return (nxt, hs, done, g), nxt
 
         ts = jnp.arange(steps)[:, None] + jnp.broadcast_to(t0, token.shape)[None, :]  # (steps, B)
-        (token, hs, done), out = jax.lax.scan(body, (token, hs, done), ts)
-        return token, hs, done, out.T
+        (token, hs, done, gstate), out = jax.lax.scan(body, (token, hs, done, gstate), ts)
+        return token, hs, done, out.T, gstate
 
 
 def _draw(row_keys: jax.Array, t: jax.Array, logits: jax.Array) -> jax.Array:

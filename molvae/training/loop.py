@@ -23,6 +23,7 @@ from molvae import chem
 from molvae import data as data_mod
 from molvae.distributed import state_sharding
 from molvae.loggers import Logger, truncate_jsonl
+from molvae.models import grammar as gram
 from molvae.models.vae import VAE, ModelConfig
 from molvae.store import checkpoints as ckpts
 from molvae.store import folder
@@ -144,13 +145,17 @@ def train(
     logger: Logger,
     extra_meta: dict | None = None,
     properties: tuple[np.ndarray, np.ndarray] | None = None,
+    grammar: gram.GrammarTables | None = None,
 ) -> TrainResult:
     """Train a VAE on token arrays, checkpointing into run_dir and resuming from it if present.
 
     Joint training (cfg.property_weight > 0) needs `properties`: float arrays (n_train, T) and
     (n_val, T) of cfg.property_targets, nan where unknown. The predictor is saved at the end as
     run_dir/predictor.{json,npz}, where molvae.load and the optimizers find it.
+    grammar: the vocabulary's tables (models.grammar), needed iff model_cfg.grammar.
     """
+    if model_cfg.grammar != (grammar is not None):
+        raise ValueError("model.grammar needs the vocabulary's grammar tables, and only it does")
     run_dir = Path(run_dir)
     tokens, lengths = train_data
     y_train = _check_properties(cfg, len(tokens), properties)
@@ -176,8 +181,9 @@ def train(
     truncate_jsonl(run_dir / METRICS_JSONL, start if latest is not None or cfg.init_from else -1)
     state = jax.device_put(state, state_sharding(state, mesh, cfg.param_sharding))
 
-    train_step = (make_joint_train_step if y_train is not None else make_train_step)(graphdef, cfg)
-    eval_step = make_eval_step(nnx.split(model)[0], max_len)
+    make_step = make_joint_train_step if y_train is not None else make_train_step
+    train_step = make_step(graphdef, cfg, grammar, max_len)
+    eval_step = make_eval_step(nnx.split(model)[0], max_len, grammar)
     batches = Batches(tokens, lengths, cfg.batch_size, cfg.seed)
     base_key = jax.random.key(cfg.seed + 1)
     eval_bs = min(cfg.batch_size, 512)
@@ -304,6 +310,8 @@ def train_and_evaluate(
     model_cfg = dataclasses.replace(model_cfg, vocab_size=len(vocab))
     if resuming:
         old_cfg, *_ = folder.read_run_info(vocab_path.parent)
+        if vocab_path.parent != run_dir:  # a branch may switch grammar-constrained decoding on
+            old_cfg = dataclasses.replace(old_cfg, grammar=model_cfg.grammar)
         if old_cfg != model_cfg:
             raise CheckpointError(
                 f"{vocab_path.parent} holds a run of another model ({old_cfg}); use a new run "
@@ -324,4 +332,7 @@ def train_and_evaluate(
             joint.property_table(ds.train, cfg.property_targets),
             joint.property_table(ds.test, cfg.property_targets)[val_rows],
         )
-    return train(model_cfg, cfg, train_arr, val_arr, run_dir, logger, properties=props)
+    grammar = gram.grammar_tables(vocab.tokens, vocab.eos_id) if model_cfg.grammar else None
+    return train(
+        model_cfg, cfg, train_arr, val_arr, run_dir, logger, properties=props, grammar=grammar
+    )
