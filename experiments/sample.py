@@ -20,7 +20,12 @@ def main(cfg: DictConfig) -> None:
     out = locate.working_folder(cfg.run_dir, run_dir())  # a shipped model: a copy in run_dir()
     model = molvae.load(out, decode_dtype=cfg.decode_dtype)
     smiles = model.sample(
-        cfg.n, temperature=cfg.temperature, seed=cfg.seed, greedy=cfg.greedy, strict=cfg.strict
+        cfg.n,
+        temperature=cfg.temperature,
+        seed=cfg.seed,
+        greedy=cfg.greedy,
+        strict=cfg.strict,
+        grammar=cfg.grammar,
     )
     df = folder.write_samples(out, smiles)
     stale = out / names.EVAL_JSON

@@ -51,7 +51,12 @@ def cmd_sample(a: argparse.Namespace) -> int:
 
     model = molvae.load(a.run)
     smiles = model.sample(
-        a.n, temperature=a.temperature, seed=a.seed, greedy=a.greedy, strict=a.strict
+        a.n,
+        temperature=a.temperature,
+        seed=a.seed,
+        greedy=a.greedy,
+        strict=a.strict,
+        grammar=True if a.grammar else None,
     )
     df = pd.DataFrame({"smiles": smiles})
     if a.properties:
@@ -192,6 +197,12 @@ def parser() -> argparse.ArgumentParser:
         "--strict",
         action="store_true",
         help="a sample the SELFIES decoder had to repair is invalid ('') instead of kept",
+    )
+    s.add_argument(
+        "--grammar",
+        action="store_true",
+        help="grammar-constrained decoding: tokens that would need a SELFIES repair are masked "
+        "out at every step (default: as the model was trained)",
     )
     s.add_argument("--properties", action="store_true", help="add qed, logp, sa, weight, plogp")
     s.add_argument("-o", "--output", help="CSV file (default: stdout)")

@@ -103,3 +103,21 @@ def test_a_score_of_an_older_strict_rule_is_rescored_on_the_same_samples(scored,
     (copy / quality.QUALITY_JSONL).write_text(json.dumps(old | {"sample_len": 0.5}) + "\n")
     with pytest.raises(RuntimeError, match="differ from the scored ones"):
         quality.score_run(copy, PROTOCOL, reference=ref, held_out=HELD_OUT)
+
+
+def test_grammar_constrained_samples_are_scored_as_their_own_row(scored, tmp_path):
+    """score_model(grammar=True) scores the protocol's prior samples drawn under the grammar
+    mask (models.grammar): the same latents, no string the SELFIES decoder repairs unless cut
+    at max_len; score_fixed names such a row NAME@grammar and refuses other suffixes."""
+    run, ref, (rec,) = scored
+    model = molvae.load(run, step=30)
+    got = quality.score_model(model, ref, HELD_OUT, n=200, seed=0, iw_k=2, grammar=True)
+    assert got["grammar"] is True and rec["grammar"] is False
+    z = latent.prior(200, model.latent_dim, 0)
+    ids = model.engine.decode_ids(z, 1, 1.0, greedy=False, grammar=True)
+    assert got["sample_len"] == pytest.approx(((ids != 0).sum(1)).mean())
+    cut = np.mean([2 not in row for row in ids])  # ran to max_len without an end
+    assert got["repaired"] <= cut < 0.1 < rec["repaired"]
+    assert got["recon"] == rec["recon"] and got["nll"] == rec["nll"]  # only sampling changes
+    with pytest.raises(ValueError, match="@grammar"):
+        quality.score_fixed(f"{run}@beam", PROTOCOL, tmp_path)

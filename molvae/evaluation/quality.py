@@ -76,16 +76,19 @@ def score_model(
     seed: int = 0,
     iw_k: int = 16,
     n_jobs: int | None = None,
+    grammar: bool | None = None,
 ) -> dict[str, Any]:
     """The protocol for one model: n prior samples at temperature 1, scored with the MOSES suite
     against `reference` both as sampled and with strict SELFIES decoding; greedy reconstruction
-    of held_out molecules from their posterior means; their importance-weighted NLL bound."""
-    selfies, mean_len = _prior_samples(model, n, seed)
+    of held_out molecules from their posterior means; their importance-weighted NLL bound.
+    grammar: sample with grammar-constrained decoding (None: as the model was trained)."""
+    grammar = model.engine.grammar if grammar is None else grammar
+    selfies, mean_len = _prior_samples(model, n, seed, grammar)
     smiles = chem.parallel_map(chem.selfies_to_smiles, selfies, n_jobs=n_jobs)
     with chemnet.memoized():  # the strict samples are a subset: one ChemNet pass for both
         out = metrics.evaluate(smiles, reference=reference, n_jobs=n_jobs)
         out.update(_strict_scores(selfies, smiles, reference, n_jobs))
-    out["sample_len"] = mean_len
+    out["sample_len"], out["grammar"] = mean_len, bool(grammar)
     held_out = [s for s, ok in zip(held_out, model.encodable(held_out), strict=True) if ok]
     if held_out:
         rec = model.reconstruct(list(held_out))
@@ -98,11 +101,13 @@ def score_model(
     return out
 
 
-def _prior_samples(model, n: int, seed: int) -> tuple[list[str], float]:
+def _prior_samples(
+    model, n: int, seed: int, grammar: bool | None = None
+) -> tuple[list[str], float]:
     """The protocol's n prior samples at temperature 1 (SELFIES) and their mean length in
     tokens, which identifies them when a score is revisited."""
     z = latent.prior(n, model.latent_dim, seed)
-    ids = model.engine.decode_ids(z, seed + 1, 1.0, greedy=False)
+    ids = model.engine.decode_ids(z, seed + 1, 1.0, greedy=False, grammar=grammar)
     return model.vocab.decode_selfies_batch(ids), float(np.mean([(r != 0).sum() for r in ids]))
 
 
@@ -125,7 +130,7 @@ def rescore_strict(
     STRICT_RULE on the same samples (redrawn from the protocol's seeds and checked against the
     recorded mean length); the old values stay in the row as roundtrip_strict_*."""
     protocol = rec["protocol"]
-    selfies, mean_len = _prior_samples(model, protocol["n"], protocol["seed"])
+    selfies, mean_len = _prior_samples(model, protocol["n"], protocol["seed"], rec.get("grammar"))
     if "sample_len" in rec and not math.isclose(mean_len, rec["sample_len"], abs_tol=1e-6):
         raise RuntimeError(
             f"{rec['run']} step {rec['step']}: the redrawn samples differ from the scored ones "
@@ -321,16 +326,20 @@ def score_fixed(
     name: str, protocol: dict[str, Any], out: Path, n_jobs: int | None = None
 ) -> dict[str, Any]:
     """Score a finished model (a run folder or 'pretrained:NAME') once under `protocol`; cached
-    in out/quality_fixed.jsonl. Its row has no CPU time or molecules seen."""
+    in out/quality_fixed.jsonl. Its row has no CPU time or molecules seen. NAME@grammar: its
+    prior samples drawn with grammar-constrained decoding (models.grammar), a row of its own."""
 
+    model_name, _, mode = name.partition("@")
+    if mode not in ("", "grammar"):
+        raise ValueError(f"{name}: the only decoding suffix is @grammar")
     path = Path(out) / "quality_fixed.jsonl"
-    _update_strict(path, protocol, lambda rec: load(rec["run"]), runs={name})
+    _update_strict(path, protocol, lambda rec: load(rec["run"].partition("@")[0]), runs={name})
     if path.exists():
         for line in path.read_text().splitlines():
             rec = json.loads(line)
             if rec["run"] == name and rec["protocol"] == protocol:
                 return rec
-    model = load(name)
+    model = load(model_name)
     scores = score_model(
         model,
         reference_subset(protocol["ref_n"], protocol["seed"]),
@@ -339,6 +348,7 @@ def score_fixed(
         seed=protocol["seed"],
         iw_k=protocol["iw_k"],
         n_jobs=n_jobs,
+        grammar=True if mode == "grammar" else None,
     )
     rec = {"run": name, "step": -1, "cpu_s": math.nan, "mols_seen": math.nan}
     rec |= {"protocol": protocol, **scores}

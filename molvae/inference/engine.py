@@ -193,6 +193,7 @@ class DecodingEngine:
         if n == 0:
             return
         key, temp = jax.random.key(seed), jnp.float32(temperature)
+        grammar = self.grammar if grammar is None else grammar
         tables = self.grammar_tables() if grammar else None
 
         def start(c: int):  # start state of chunk c (CHUNK rows, the last chunk padded)

@@ -1,0 +1,225 @@
+"""Grammar-constrained SELFIES decoding (molvae.models.grammar): judged by chem.selfies_repair,
+the independent replay of the SELFIES decoder, on strings drawn under the mask."""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import selfies as sf
+
+from molvae import chem, data
+from molvae.models import grammar as gram
+from molvae.models.losses import sequence_nll
+from molvae.vocab import Vocab
+
+# The MOSES alphabet (the symbols of the shipped models' vocabulary).
+ALPHABET = [
+    "[#Branch1]",
+    "[#Branch2]",
+    "[#C]",
+    "[#N]",
+    "[=Branch1]",
+    "[=Branch2]",
+    "[=C]",
+    "[=N]",
+    "[=O]",
+    "[=Ring1]",
+    "[=Ring2]",
+    "[=S]",
+    "[Br]",
+    "[Branch1]",
+    "[Branch2]",
+    "[C]",
+    "[Cl]",
+    "[F]",
+    "[NH1]",
+    "[N]",
+    "[O]",
+    "[P]",
+    "[Ring1]",
+    "[Ring2]",
+    "[S]",
+]
+VOCAB = Vocab(("<pad>", "<bos>", "<eos>", *ALPHABET))
+TABLES = gram.grammar_tables(VOCAB.tokens, VOCAB.eos_id)
+
+
+def test_tables_read_each_symbol_as_the_selfies_decoder_does():
+    kind, order, cap, nidx, digit = (np.asarray(x) for x in TABLES)
+    at = {t: i for i, t in enumerate(VOCAB.tokens)}
+    assert kind[at["<eos>"]] == gram.EOS and kind[at["<pad>"]] == gram.NEVER
+    assert (kind[at["[=C]"]], order[at["[=C]"]], cap[at["[=C]"]]) == (gram.ATOM, 2, 4)
+    assert (kind[at["[#Branch2]"]], order[at["[#Branch2]"]], nidx[at["[#Branch2]"]]) == (
+        gram.BRANCH,
+        3,
+        2,
+    )
+    assert (kind[at["[=Ring1]"]], order[at["[=Ring1]"]], nidx[at["[=Ring1]"]]) == (gram.RING, 2, 1)
+    # index symbols: [C]=0 ... [P]=15 (selfies' index alphabet); others read as 0
+    assert digit[at["[Ring1]"]] == 1 and digit[at["[P]"]] == 15 and digit[at["[F]"]] == 0
+
+
+def test_tables_refuse_bpe_tokens_and_unknown_symbols():
+    with pytest.raises(ValueError, match="one SELFIES symbol per token"):
+        gram.grammar_tables(("<pad>", "<bos>", "<eos>", "[C]", "[C][O]"), 2)
+    with pytest.raises(ValueError, match="cannot read"):
+        gram.grammar_tables(("<pad>", "<bos>", "<eos>", "[Xyz]"), 2)
+
+
+@jax.jit
+def _draw_masked(key, bias):
+    """Strings drawn from random logits (+ bias per token) under the mask: (ids, lost, done)."""
+    batch, max_len, v = 512, 48, len(VOCAB)
+    g = gram.init_state(batch, max_len)
+
+    def body(carry, t):
+        g, done = carry
+        logits = 2.0 * jax.random.normal(jax.random.fold_in(key, t), (batch, v)) + bias
+        logits = logits.at[:, :2].set(-jnp.inf)
+        g, logits = gram.mask_logits(g, TABLES, logits)
+        nxt = jax.random.categorical(jax.random.fold_in(key, 10_000 + t), logits)
+        nxt = jnp.where(done, 0, nxt.astype(jnp.int32))
+        return (gram.advance(g, nxt, TABLES), done | (nxt == 2)), nxt
+
+    (g, done), ids = jax.lax.scan(body, (g, jnp.zeros(batch, bool)), jnp.arange(max_len + 1))
+    return ids.T, g.lost, done
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_no_string_drawn_under_the_mask_needs_a_repair(seed):
+    """Random logits, pushed towards branches and rings (where the repairs are), never lead to
+    a string the SELFIES decoder repairs, nor to an empty mask."""
+    kind = np.asarray(TABLES.kind)
+    bias = np.zeros(len(VOCAB), np.float32)
+    bias[kind == gram.BRANCH] = [0.0, 1.5, 3.0, 2.0][seed]
+    bias[kind == gram.RING] = [0.0, 3.0, 1.5, 2.0][seed]
+    bias[VOCAB.eos_id] = -1.5
+    ids, lost, done = (np.asarray(x) for x in _draw_masked(jax.random.key(seed), bias))
+    assert not lost.any()
+    ended = [s for s, d in zip(VOCAB.decode_selfies_batch(ids), done, strict=True) if d]
+    assert len(ended) > 300
+    kinds = Counter(chem.selfies_repair_kind(s) for s in ended)
+    assert kinds == {None: len(ended)}, kinds
+    # and the strings are not trivial: rings and branches are used
+    assert np.mean(["Ring" in s for s in ended]) > 0.2
+    assert np.mean(["Branch" in s for s in ended]) > 0.2
+
+
+def _moses_ids(n: int, max_len: int) -> np.ndarray:
+    smiles = data.read_smiles_file(data.moses_files()["test"])["smiles"][:n]
+    selfies = [chem.smiles_to_selfies(s) for s in smiles]  # as the training data is
+    known = set(ALPHABET)  # the training set's alphabet (a few test molecules have [H])
+    selfies = [s for s in selfies if set(sf.split_selfies(s)) <= known]
+    assert len(selfies) > 0.99 * n
+    return VOCAB.encode_batch(selfies, max_len)[0]
+
+
+def test_the_mask_allows_every_moses_molecule_at_every_step():
+    """The mask is never stricter than the data: every symbol of 2,000 MOSES molecules (and
+    their eos) is allowed where it stands."""
+    max_len = 72
+    tokens = _moses_ids(2000, max_len)
+    masks = jax.jit(lambda t: gram.sequence_masks(TABLES, t, max_len))(jnp.asarray(tokens[:, 1:]))
+    target_ok = np.take_along_axis(np.asarray(masks), tokens[:, 1:, None], -1)[..., 0]
+    assert target_ok.all(), np.argwhere(~target_ok)[:5]
+    # and it does exclude things: on average most tokens are masked at a position
+    assert np.asarray(masks)[:, :10].mean() < 0.8
+
+
+def test_the_masked_likelihood_is_never_below_the_unmasked_one():
+    """Renormalising over a set of tokens that holds the target raises its probability."""
+    tokens = _moses_ids(64, 72)
+    tokens, lengths = jnp.asarray(tokens), jnp.asarray((tokens[:, 1:] > 0).sum(1))
+    logits = jax.random.normal(jax.random.key(0), (*tokens[:, 1:].shape, len(VOCAB)))
+    mask = gram.sequence_masks(TABLES, tokens[:, 1:], 72)
+    free, _, _ = sequence_nll(logits, tokens[:, 1:], lengths)
+    masked, _, _ = sequence_nll(gram.restrict(logits, mask), tokens[:, 1:], lengths)
+    assert np.all(np.asarray(masked) <= np.asarray(free) + 1e-4)
+    assert np.mean(np.asarray(free) - np.asarray(masked)) > 10.0  # nats: most tokens masked
+
+
+def test_a_model_samples_without_repairs_under_grammar_and_the_engine_equals_one_scan(tiny_run):
+    """Through the continuous-batching engine (slots refilled, rows packed), grammar-
+    constrained samples of a barely trained model are the ids of one scan per chunk, and no
+    finished one needs a repair; unconstrained, many do."""
+    from molvae.api import load
+    from molvae.inference import engine, latent
+
+    model = load(tiny_run)
+    dec = model.engine
+    z = latent.prior(engine.CHUNK + 21, model.latent_dim, seed=3)
+    ids = dec.decode_ids(z, seed=4, greedy=False, grammar=True)
+    key = jax.random.fold_in(jax.random.key(4), 1)
+    zc = np.concatenate([z[engine.CHUNK :], np.zeros((engine.CHUNK - 21, z.shape[1]), "f4")])
+    full = engine._generate(
+        dec.graphdef,
+        dec.params,
+        zc,
+        key,
+        jnp.float32(1.0),
+        dec.max_len,
+        False,
+        dec.grammar_tables(),
+    )
+    np.testing.assert_array_equal(ids[engine.CHUNK :], np.asarray(full)[:21])
+    ended = [s for s, r in zip(dec.vocab.decode_selfies_batch(ids), ids, strict=True) if 2 in r]
+    assert len(ended) > 0.9 * len(ids)
+    assert not any(chem.selfies_repaired(s) for s in ended)
+    free = dec.vocab.decode_selfies_batch(dec.decode_ids(z, seed=4, greedy=False))
+    assert np.mean([chem.selfies_repaired(s) for s in free]) > 0.1
+    smiles = model.sample(64, seed=1, strict=True, grammar=True)
+    assert np.mean([s != "" for s in smiles]) > 0.9
+
+
+def test_a_grammar_model_trains_and_scores_under_its_masks(tiny_run, tmp_path):
+    """model.grammar=true: a run branched from an unconstrained one trains on the masked
+    likelihood, samples under the mask by default, and its log-likelihood bound is that of the
+    masked decoder (above the unconstrained one for the same parameters)."""
+    from molvae.api import load
+    from molvae.data import DataConfig
+    from molvae.loggers import JsonlLogger
+    from molvae.models.vae import ModelConfig
+    from molvae.training import TrainConfig, train_and_evaluate
+
+    data_cfg = DataConfig(limit=300, max_len=40)
+    model_cfg = ModelConfig(embed_dim=16, enc_hidden=32, latent_dim=8, dec_hidden=32, grammar=True)
+    train_cfg = TrainConfig(
+        steps=40,
+        batch_size=32,
+        log_every=10,
+        eval_every=40,
+        ckpt_every=40,
+        eval_size=64,
+        warmup_steps=5,
+        kl_warmup_steps=10,
+        progress=False,
+        init_from=str(tiny_run),
+    )
+    config = {"data": data_cfg.__dict__ | {"property_columns": []}}
+    out = tmp_path / "grammar"
+    res = train_and_evaluate(
+        data_cfg, model_cfg, train_cfg, out, JsonlLogger(out / "metrics.jsonl"), config
+    )
+    assert res.step == 40 and np.isfinite(res.final_eval["val_recon"])
+    model = load(out)
+    assert model.engine.grammar
+    ids = model.engine.decode_ids(latent_z(model), seed=0, greedy=False)
+    ended = [s for s, r in zip(model.vocab.decode_selfies_batch(ids), ids, strict=True) if 2 in r]
+    assert ended and not any(chem.selfies_repaired(s) for s in ended)
+    mols = ["CCO", "c1ccccc1", "CC(=O)Oc1ccccc1C(=O)O"]
+    masked = model.log_likelihood(mols, k=4)
+    free = copy.copy(model.codec)
+    free.grammar = None  # the same parameters, the unconstrained decoder
+    assert np.all(np.isfinite(masked))
+    assert np.all(masked >= free.log_likelihood(mols, k=4)["log_likelihood"] - 1e-4)
+
+
+def latent_z(model, n: int = 128) -> np.ndarray:
+    from molvae.inference import latent
+
+    return latent.prior(n, model.latent_dim, seed=0)
