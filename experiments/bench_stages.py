@@ -175,11 +175,11 @@ def sample(run_dir: str, n: int = 4096, reps: int = 3) -> dict:
             times.append(time.perf_counter() - t0)
         return out, float(np.median(times))
 
-    ids, t_decode = timed(lambda: dec.decode_ids(z, seed=1, greedy=False))
+    ids, t_decode = timed(lambda: dec.decode_ids(z, seed=1, greedy=False, grammar=False))
     flops = decode_flops_per_molecule(model.model.cfg, float((ids > 0).sum(1).mean()))
     selfies = dec.vocab.decode_selfies_batch(ids)
     smiles, t_floor = timed(lambda: chem.parallel_map(chem.selfies_to_smiles, selfies))
-    out, t_e2e = timed(lambda: model.sample(n, seed=2))
+    out, t_e2e = timed(lambda: model.sample(n, seed=2, grammar=False))
     valid = sum(bool(s) for s in out)
     res = {
         "sample_decode_mol_per_s": n / t_decode,
@@ -195,6 +195,17 @@ def sample(run_dir: str, n: int = 4096, reps: int = 3) -> dict:
     out, t_e2e = timed(lambda: bf16.sample(n, seed=2))
     res["sample_decode_mol_per_s_bf16"] = n / t_decode
     res["sample_end_to_end_mol_per_s_bf16"] = sum(bool(s) for s in out) / t_e2e
+    # Grammar-constrained decoding (molvae.models.grammar): what the mask costs the decoder.
+    try:
+        dec.grammar_tables()
+    except ValueError:  # a BPE vocabulary: no mask
+        pass
+    else:
+        dec.warm_up(greedy=False, grammar=True)
+        _, t_decode = timed(lambda: dec.decode_ids(z, seed=1, greedy=False, grammar=True))
+        out, t_e2e = timed(lambda: model.sample(n, seed=2, grammar=True))
+        res["sample_decode_mol_per_s_grammar"] = n / t_decode
+        res["sample_end_to_end_mol_per_s_grammar"] = sum(bool(s) for s in out) / t_e2e
     # The host's speed drifts (shared cores): the matmul peak beside the timed runs.
     return res | {f"{k}_here": v for k, v in matmul(reps=10).items()}
 

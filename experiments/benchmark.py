@@ -147,15 +147,19 @@ def summary(r: dict) -> dict:
         "rdkit_selfies_floor_mol_per_s",
         "sample_decode_mol_per_s_bf16",
         "sample_end_to_end_mol_per_s_bf16",
+        "sample_decode_mol_per_s_grammar",
+        "sample_end_to_end_mol_per_s_grammar",
     ):
         s[k] = get("sample", k)
     floor = s["rdkit_selfies_floor_mol_per_s"]
-    for sfx in ("", "_bf16"):
+    for sfx in ("", "_bf16", "_grammar"):
         e2e, dec = s[f"sample_end_to_end_mol_per_s{sfx}"], s[f"sample_decode_mol_per_s{sfx}"]
         if e2e and floor:
             s[f"sample_floor_ratio{sfx}"] = floor / e2e
         if dec and floor:  # the ratio if decoding and RDKit ran one after the other
             s[f"sample_floor_ratio_serial{sfx}"] = 1 + floor / dec
+        if sfx == "_grammar":  # the same matmuls as float32: no MFU figure of its own
+            continue
         # Decoding FLOPs utilization, and the best ratio this machine allows when the network
         # shares its cores with RDKit: decoding at the matmul peak with no overhead.
         key = "matmul_gflops_bf16" if sfx else "matmul_gflops"
@@ -202,6 +206,8 @@ def markdown(res: dict) -> str:
             "sample_floor_ratio_serial",
             "sample_floor_ratio_bf16",
             "sample_floor_ratio_serial_bf16",
+            "sample_floor_ratio_grammar",
+            "sample_floor_ratio_serial_grammar",
             "mfu_sample_decode",
             "mfu_sample_decode_bf16",
             "sample_floor_ratio_bound",

@@ -46,6 +46,8 @@ def test_summary_has_the_contract_keys_and_the_ratios():
             "rdkit_selfies_floor_mol_per_s": 6000.0,
             "sample_decode_mflop_per_mol": 20.0,
             "matmul_gflops_here": 100.0,  # lower than the matmul stage's: not used
+            "sample_decode_mol_per_s_grammar": 4000.0,
+            "sample_end_to_end_mol_per_s_grammar": 2000.0,
         },
         "preprocess": {"preprocess_mol_per_s": 4000.0},
         "evaluate": {"evaluate_30k_seconds": 240.0},
@@ -65,6 +67,9 @@ def test_summary_has_the_contract_keys_and_the_ratios():
     assert s["mfu_sample_decode"] == pytest.approx(8000 * 20e6 / 200e9)
     # decoding at 200 GFLOP/s: 10,000 molecules/s, so at best 1 + 6,000/10,000
     assert s["sample_floor_ratio_bound"] == pytest.approx(1.6)
+    assert s["sample_floor_ratio_grammar"] == pytest.approx(3.0)  # the mask's cost, end to end
+    assert s["sample_floor_ratio_serial_grammar"] == pytest.approx(2.5)
+    assert "mfu_sample_decode_grammar" not in s
     assert s["peak_rss_mb"] == 9e3 and s["peer_peak_rss_mb"] == 2e4  # ours, and the reference's
     md = benchmark.markdown(
         {"machine": {"platform": "x", "python": "3", "cpus": 2}, **s, "stages": stages}

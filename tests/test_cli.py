@@ -32,6 +32,13 @@ def test_sample_encode_decode_evaluate(tiny_run, tmp_path):
     )
     df = pd.read_csv(samples, keep_default_na=False)
     assert len(df) == 20 and {"smiles", "qed", "sa"} <= set(df.columns)
+    gram = tmp_path / "g.csv"  # grammar-constrained: the API's samples for the same seed
+    assert (
+        main(["sample", str(tiny_run), "-n", "20", "--seed", "3", "--grammar", "-o", str(gram)])
+        == 0
+    )
+    got = pd.read_csv(gram, keep_default_na=False)["smiles"].tolist()
+    assert got == molvae.load(tiny_run).sample(20, seed=3, grammar=True)
 
     mols = tmp_path / "mols.smi"
     mols.write_text("CCO\nnot_a_molecule\nc1ccccc1\n")
