@@ -217,7 +217,7 @@ def test_quality_arms_share_the_protocol_and_change_only_their_arm(root, arm):
 
 ARM_KEYS = {  # what an arm may change: the factor it studies, and its checkpoint cadence
     "model.enc_hidden", "model.dec_hidden", "model.dec_layers", "model.decoder", "model.dtype",
-    "model.dec_heads", "model.dec_ff_mult", "model.latent_dim", "model.embed_dim",
+    "model.dec_heads", "model.dec_ff_mult", "model.latent_dim", "model.embed_dim", "model.grammar",
     "train.kl_max", "train.free_bits", "train.lr", "train.batch_size", "train.warmup_steps",
     "train.kl_warmup_steps", "train.ckpt_every", "train.eval_every", "data.bpe_merges",
 }  # fmt: skip
