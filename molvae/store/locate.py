@@ -15,7 +15,7 @@ PRETRAINED_PREFIX = "pretrained:"
 _ASSETS = Path(__file__).parents[1] / "assets" / "pretrained"
 # moses: the first MOSES model (KL weight 0.5, cosine); moses_fb: KL weight 1 with free bits,
 # constant rate then a cool-down (issue "realistic molecules"); see each folder's README.md
-PRETRAINED = {name: _ASSETS / name for name in ("moses", "moses_fb")}
+PRETRAINED = {name: _ASSETS / name for name in ("moses", "moses_fb", "moses_grammar")}
 
 
 def pretrained_name(run: str | Path) -> str | None:
