@@ -41,6 +41,7 @@ from selfies.grammar_rules import (
 )
 
 DEPTH = 16  # branch nesting tracked; deeper branches are masked out
+RINGS = 8  # ring bonds tracked per atom (more than any bonding capacity SELFIES knows)
 NEVER, ATOM, BRANCH, RING, EOS = range(5)
 _MAIN_END = 1 << 30  # the main chain has no symbol budget
 
@@ -67,7 +68,8 @@ class GrammarState(NamedTuple):
     io: jax.Array  # bond order of the pending branch or ring
     lost: jax.Array  # the mask emptied (never expected): the row decodes unmasked
     free: jax.Array  # per atom: capacity - bonds made - ring bonds reserved
-    adj: jax.Array  # (B, A, A) atoms bonded (a ring onto them would merge into the bond)
+    parent: jax.Array  # per atom: the earlier atom its chain bond goes to (-1: none)
+    partners: jax.Array  # (B, A, RINGS) per atom: the atoms it closes rings with (-1: none)
     fs: jax.Array  # per open chain: the decoder's state (bonds it may still make)
     fp: jax.Array  # per open chain: its last atom
     fe: jax.Array  # per open chain: the symbol position where its budget ends
@@ -118,7 +120,8 @@ def init_state(batch: int, max_len: int) -> GrammarState:
         io=zeros,
         lost=jnp.zeros((batch,), bool),
         free=jnp.zeros((batch, a), jnp.int32),
-        adj=jnp.zeros((batch, a, a), bool),
+        parent=jnp.full((batch, a), -1, jnp.int32),
+        partners=jnp.full((batch, a, RINGS), -1, jnp.int32),
         fs=jnp.zeros((batch, DEPTH), jnp.int32),
         fp=jnp.zeros((batch, DEPTH), jnp.int32),
         fe=fe,
@@ -144,7 +147,10 @@ def _ring_targets(g: GrammarState, order: jax.Array, need: jax.Array) -> jax.Arr
     left = p - 1 - jnp.arange(a)
     at = jnp.clip(left, 0, a - 1)
     fits = g.free[at] - order[..., None] >= need[at]
-    return (left >= 0) & fits & ~g.adj[at, p]
+    # bonded already (a ring would merge into the bond): an earlier atom is bonded to the current
+    # one by the chain only as its parent (the chain's later atoms come after it), or by a ring
+    bonded = (left == g.parent[p]) | (left[:, None] == g.partners[p][None, :]).any(-1)
+    return (left >= 0) & fits & ~bonded
 
 
 def _row_mask(g: GrammarState, tab: GrammarTables) -> jax.Array:
@@ -210,6 +216,15 @@ def mask_logits(
     return g._replace(lost=lost), jnp.where(m | lost[:, None], logits, -jnp.inf)
 
 
+def _pair(partners: jax.Array, a: jax.Array, b: jax.Array) -> jax.Array:
+    """partners with a ring between atoms a and b recorded on both (in each one's first free
+    slot)."""
+    for x, y in ((a, b), (b, a)):
+        slot = jnp.argmax(partners[x] < 0)
+        partners = partners.at[x, slot].set(y)
+    return partners
+
+
 def _pop(g: GrammarState) -> GrammarState:
     """Close every innermost branch whose symbols have all been read."""
     idx = g.depth - jnp.arange(DEPTH)
@@ -227,13 +242,13 @@ def _row_advance(g: GrammarState, token: jax.Array, tab: GrammarTables) -> Gramm
     made = jnp.where(first, 0, o)
     new = jnp.minimum(g.n, g.free.shape[0] - 1)
     free = g.free.at[p].add(-made).at[new].set(cap - made)
-    adj = g.adj.at[p, new].set(~first).at[new, p].set(~first)
+    parent = g.parent.at[new].set(jnp.where(first, -1, p))
     at_atom = _pop(
         g._replace(
             pos=pos,
             n=g.n + 1,
             free=free,
-            adj=adj,
+            parent=parent,
             fs=g.fs.at[d].set(cap - made),
             fp=g.fp.at[d].set(new),
         )
@@ -256,7 +271,7 @@ def _row_advance(g: GrammarState, token: jax.Array, tab: GrammarTables) -> Gramm
         reading._replace(
             ik=jnp.int32(0),
             free=g.free.at[left].add(-g.io).at[p].add(-g.io),
-            adj=g.adj.at[left, p].set(True).at[p, left].set(True),
+            partners=_pair(g.partners, left, p),
             fs=g.fs.at[d].add(-g.io),
         )
     )
