@@ -4,6 +4,7 @@ the independent replay of the SELFIES decoder, on strings drawn under the mask."
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections import Counter
 
 import jax
@@ -223,3 +224,47 @@ def latent_z(model, n: int = 128) -> np.ndarray:
     from molvae.inference import latent
 
     return latent.prior(n, model.latent_dim, seed=0)
+
+
+def test_grammar_from_step_trains_unmasked_before_it_and_masked_after(tmp_path, monkeypatch):
+    """train.grammar_from_step: the masked cool-down as one run. The steps before it use the
+    unmasked step function, the ones from it the masked one; without model.grammar it is an
+    error."""
+    from molvae.data import DataConfig
+    from molvae.loggers import JsonlLogger
+    from molvae.models.vae import ModelConfig
+    from molvae.training import TrainConfig, loop, train_and_evaluate
+
+    calls = []
+    make = loop.make_train_step
+
+    def spy(graphdef, cfg, grammar, max_len):
+        step = make(graphdef, cfg, grammar, max_len)
+
+        def counted(*args):
+            calls.append(grammar is not None)
+            return step(*args)
+
+        return counted
+
+    monkeypatch.setattr(loop, "make_train_step", spy)
+    data_cfg = DataConfig(limit=200, max_len=40)
+    model_cfg = ModelConfig(embed_dim=16, enc_hidden=32, latent_dim=8, dec_hidden=32, grammar=True)
+    train_cfg = TrainConfig(
+        steps=6, batch_size=16, log_every=3, eval_every=6, ckpt_every=6, eval_size=32,
+        warmup_steps=1, kl_warmup_steps=2, progress=False, grammar_from_step=4,
+    )  # fmt: skip
+    config = {"data": data_cfg.__dict__ | {"property_columns": []}}
+    out = tmp_path / "switch"
+    res = train_and_evaluate(
+        data_cfg, model_cfg, train_cfg, out, JsonlLogger(out / "metrics.jsonl"), config
+    )
+    assert res.step == 6 and np.isfinite(res.final_eval["val_recon"])
+    assert calls == [False] * 4 + [True] * 2
+    free_cfg = dataclasses.replace(model_cfg, grammar=False)
+    with pytest.raises(ValueError, match="grammar_from_step needs model.grammar"):
+        train_and_evaluate(
+            data_cfg, free_cfg, train_cfg, tmp_path / "x", JsonlLogger(tmp_path / "x.jsonl"), config
+        )
+    with pytest.raises(ValueError, match="grammar_from_step must be >= 0"):
+        TrainConfig(grammar_from_step=-1)

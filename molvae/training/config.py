@@ -53,6 +53,10 @@ class TrainConfig:
     # only while the new folder has no checkpoint of its own; the vocabulary is the parent's.
     init_from: str = ""
     init_step: int = 0
+    # With model.grammar: train on the unmasked likelihood before this step and under the grammar
+    # mask from it on (0: masked from the first step). The best recipe measured masks only the
+    # cool-down: grammar_from_step = steps - lr_decay_steps (README: Sample quality).
+    grammar_from_step: int = 0
 
     def __post_init__(self) -> None:
         # Hydra hands lists; keep the config hashable and comparable.
@@ -90,6 +94,8 @@ class TrainConfig:
             raise ValueError(f"train.lr_end_factor must be in [0, 1], got {self.lr_end_factor}")
         if self.init_step < 0:
             raise ValueError(f"train.init_step must be >= 0, got {self.init_step}")
+        if self.grammar_from_step < 0:
+            raise ValueError(f"train.grammar_from_step must be >= 0, got {self.grammar_from_step}")
         if self.kl_schedule not in ("constant", "linear", "cyclical"):
             raise ValueError(
                 f"train.kl_schedule must be constant, linear or cyclical: {self.kl_schedule!r}"

@@ -156,6 +156,8 @@ def train(
     """
     if model_cfg.grammar != (grammar is not None):
         raise ValueError("model.grammar needs the vocabulary's grammar tables, and only it does")
+    if cfg.grammar_from_step and grammar is None:
+        raise ValueError("train.grammar_from_step needs model.grammar=true")
     run_dir = Path(run_dir)
     tokens, lengths = train_data
     y_train = _check_properties(cfg, len(tokens), properties)
@@ -183,6 +185,8 @@ def train(
 
     make_step = make_joint_train_step if y_train is not None else make_train_step
     train_step = make_step(graphdef, cfg, grammar, max_len)
+    # before train.grammar_from_step, a grammar model trains on the unmasked likelihood
+    free_step = make_step(graphdef, cfg, None, max_len) if cfg.grammar_from_step > start else None
     eval_step = make_eval_step(nnx.split(model)[0], max_len, grammar)
     batches = Batches(tokens, lengths, cfg.batch_size, cfg.seed)
     base_key = jax.random.key(cfg.seed + 1)
@@ -203,7 +207,8 @@ def train(
             args = [t, l_, np.ones(len(t), np.float32)]
             if y_train is not None:
                 args.append(y_train[batches.indices(step)])
-            state, aux = train_step(state, *(jax.device_put(a, data_sh) for a in args), base_key)
+            fn = free_step if free_step is not None and step < cfg.grammar_from_step else train_step
+            state, aux = fn(state, *(jax.device_put(a, data_sh) for a in args), base_key)
             pending.append(aux)
             step += 1
             clock.n_last += len(t)
