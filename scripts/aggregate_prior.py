@@ -41,8 +41,9 @@ def main() -> None:
         errors="nan",
     )
     ok = ~np.isnan(mu).any(1)
-    held_mu, held_logvar = mu[args.fit :][ok[args.fit :]], logvar[args.fit :][ok[args.fit :]]
-    mu, logvar = mu[: args.fit][ok[: args.fit]], logvar[: args.fit][ok[: args.fit]]
+    held = ok & (np.arange(len(mu)) >= args.fit)  # the other --n: the posterior arm
+    held_mu, held_logvar = mu[held], logvar[held]
+    mu, logvar = mu[ok & ~held], logvar[ok & ~held]
     cov = np.cov(mu.T) + np.diag(np.exp(logvar).mean(0))
     print(
         f"aggregate posterior of {len(mu)} molecules: |mean| {np.abs(mu.mean(0)).mean():.3f}, "

@@ -207,7 +207,7 @@ def train(
             args = [t, l_, np.ones(len(t), np.float32)]
             if y_train is not None:
                 args.append(y_train[batches.indices(step)])
-            fn = free_step if free_step is not None and step < cfg.grammar_from_step else train_step
+            fn = free_step if step < cfg.grammar_from_step else train_step  # None only past it
             state, aux = fn(state, *(jax.device_put(a, data_sh) for a in args), base_key)
             pending.append(aux)
             step += 1
