@@ -117,8 +117,15 @@ def test_a_branch_continues_its_parent_exactly_and_wsd_cools_it_down(arrays, tmp
         const.lr / 2
     )
     assert sorted(int(p.name) for p in (a / "checkpoints").iterdir() if p.name.isdigit()) == [8, 16]
+    root = lr_schedule(dataclasses.replace(cool, lr_decay_shape="sqrt"))  # 1 - sqrt(t / 12)
+    assert float(root(12)) == pytest.approx(const.lr) and float(root(15)) == pytest.approx(
+        const.lr / 2
+    )
+    assert float(root(24)) == 0 and float(root(30)) == 0 and float(root(21)) < float(sched(21))
     with pytest.raises(ValueError, match="lr_decay_steps"):
         TrainConfig(lr_schedule="wsd")
+    with pytest.raises(ValueError, match="lr_decay_shape"):
+        TrainConfig(lr_decay_shape="cosine")
     with pytest.raises(CheckpointError, match="no checkpoint at step 5"):
         bad = dataclasses.replace(const, init_from=str(a), init_step=5)
         train(mcfg, bad, (tokens, lengths), val, tmp_path / "d", JsonlLogger(tmp_path / "d.jsonl"))

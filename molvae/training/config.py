@@ -21,6 +21,9 @@ class TrainConfig:
     # wsd (warmup-stable-decay): constant after warm-up, then a linear decay over the last
     # lr_decay_steps steps of `steps` (a cool-down; it can branch off a constant-lr run).
     lr_decay_steps: int = 0
+    # wsd: the decay's shape, linear or sqrt (lr * (1 - sqrt(t / lr_decay_steps)), the "1-sqrt"
+    # cool-down of Hägele et al. 2024), both from lr to lr_end_factor * lr.
+    lr_decay_shape: str = "linear"
     warmup_steps: int = 100
     weight_decay: float = 0.0  # > 0 switches Adam to AdamW
     clip_norm: float = 1.0
@@ -89,6 +92,10 @@ class TrainConfig:
             raise ValueError(
                 f"train.lr_schedule wsd needs 0 < train.lr_decay_steps <= train.steps, got "
                 f"{self.lr_decay_steps} and {self.steps}"
+            )
+        if self.lr_decay_shape not in ("linear", "sqrt"):
+            raise ValueError(
+                f"train.lr_decay_shape must be linear or sqrt: {self.lr_decay_shape!r}"
             )
         if not 0 <= self.lr_end_factor <= 1:
             raise ValueError(f"train.lr_end_factor must be in [0, 1], got {self.lr_end_factor}")

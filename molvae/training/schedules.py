@@ -24,8 +24,8 @@ def kl_weight(step: jax.Array | int, cfg: TrainConfig) -> jax.Array:
 
 def lr_schedule(cfg: TrainConfig) -> optax.Schedule:
     """Learning rate at each step: linear warm-up, then constant, cosine decay, or wsd
-    (warmup-stable-decay: constant, then linear to lr_end_factor * lr over the last
-    lr_decay_steps of `steps`; Hu et al. 2024, Hägele et al. 2024)."""
+    (warmup-stable-decay: constant, then down to lr_end_factor * lr over the last
+    lr_decay_steps of `steps`, linearly or as 1 - sqrt; Hu et al. 2024, Hägele et al. 2024)."""
     warm = (
         optax.linear_schedule(0.0, cfg.lr, max(cfg.warmup_steps, 1))
         if cfg.warmup_steps
@@ -35,7 +35,15 @@ def lr_schedule(cfg: TrainConfig) -> optax.Schedule:
         return warm
     if cfg.lr_schedule == "wsd":
         start = max(cfg.steps - cfg.lr_decay_steps, 0)
-        decay = optax.linear_schedule(cfg.lr, cfg.lr * cfg.lr_end_factor, cfg.lr_decay_steps)
+        lo, n = cfg.lr * cfg.lr_end_factor, cfg.lr_decay_steps
+        if cfg.lr_decay_shape == "sqrt":
+
+            def decay(count: jax.Array) -> jax.Array:
+                frac = jnp.clip(jnp.asarray(count, jnp.float32) / n, 0.0, 1.0)
+                return lo + (cfg.lr - lo) * (1.0 - jnp.sqrt(frac))
+
+        else:
+            decay = optax.linear_schedule(cfg.lr, lo, n)
         return optax.join_schedules([warm, decay], [start])  # warm holds lr after warm-up
     return optax.warmup_cosine_decay_schedule(
         0.0,
