@@ -30,12 +30,21 @@ FAST = [
     "train.eval_every=2",
     "train.ckpt_every=2",
 ]
-# The sweep experiments; smoke, demo, moses, moses_fb, moses_grammar and moses_gpu are single
-# runs, and quality/ holds the arms of the quality study (all composed in test_pipeline).
+# The sweep experiments; smoke, demo and the moses* recipes are single runs, and quality/
+# holds the arms of the quality study (all composed in test_pipeline).
 EXPERIMENTS = sorted(
     p.stem
     for p in (ROOT / "conf" / "experiment").glob("*.yaml")
-    if p.stem not in ("smoke", "demo", "moses", "moses_fb", "moses_grammar", "moses_gpu")
+    if p.stem
+    not in (
+        "smoke",
+        "demo",
+        "moses",
+        "moses_kl05",
+        "moses_fb",
+        "moses_grammar",
+        "moses_gpu",
+    )
 )
 
 
