@@ -18,7 +18,7 @@ class TrainConfig:
     lr: float = 0.002
     lr_schedule: str = "cosine"  # constant | cosine | wsd (both decay to lr_end_factor * lr)
     lr_end_factor: float = 0.1
-    # wsd (warmup-stable-decay): constant after warm-up, then a linear decay over the last
+    # wsd (warmup-stable-decay): constant after warm-up, then a decay over the last
     # lr_decay_steps steps of `steps` (a cool-down; it can branch off a constant-lr run).
     lr_decay_steps: int = 0
     # wsd: the decay's shape, linear or sqrt (lr * (1 - sqrt(t / lr_decay_steps)), the "1-sqrt"
