@@ -136,8 +136,9 @@ def test_wandb_logger_writes_an_offline_run_into_the_run_folder(root, tmp_path):
     assert "images" in media or any("media" in str(p) for p in files)
 
 
-# experiment -> the shipped model it makes (experiment=moses, the best recipe measured, is none)
+# experiment -> the shipped model it makes
 SHIPPED_RECIPES = {
+    "moses": "moses_48k",
     "moses_kl05": "moses",
     "moses_fb": "moses_fb",
     "moses_grammar": "moses_grammar",
@@ -177,9 +178,10 @@ def test_single_run_experiments_compose_into_valid_configs(root, name):
         assert train.grammar_from_step == (
             train.steps - train.lr_decay_steps if model.grammar else 0
         )
-    if name in ("moses", "moses_gpu"):  # moses_grammar with a longer cool-down, all of it masked
+    if name in ("moses", "moses_gpu"):  # a 6,000-step 1 - sqrt cool-down, all of it masked
         assert model.grammar and train.lr_schedule == "wsd" and train.lr_decay_shape == "sqrt"
-        assert train.grammar_from_step == train.steps - train.lr_decay_steps == 24000
+        assert train.lr_decay_steps == 6000
+        assert train.grammar_from_step == train.steps - train.lr_decay_steps
     if name == "demo":  # the first report a user sees shows FCD, SNN, Frag, Scaf and Filters
         assert data.source == "moses_sample" and cfg.evaluate.reference == "moses_sample"
         assert cfg.evaluate.metrics == "all"
