@@ -121,3 +121,37 @@ def test_grammar_constrained_samples_are_scored_as_their_own_row(scored, tmp_pat
     assert got["recon"] == rec["recon"] and got["nll"] == rec["nll"]  # only sampling changes
     with pytest.raises(ValueError, match="@grammar"):
         quality.score_fixed(f"{run}@beam", PROTOCOL, tmp_path)
+
+
+def test_scaling_table_fit_and_figure(scored, tmp_path):
+    """scaling_table reads each run's last scored checkpoint and its MOSES-protocol
+    metrics.json; the power law fitted through exact power-law points recovers its exponent
+    and the compute at which it reaches a target; a run without metrics.json is named."""
+    run, ref, (rec,) = scored
+    dirs = []
+    for i, (cpu, fcd) in enumerate([(3600.0, 8.0), (7200.0, 8.0 * 2 ** (-1 / 3)), (28800.0, 4.0)]):
+        d = tmp_path / f"r{i}"
+        d.mkdir()
+        early = rec | {"step": 10, "cpu_s": 1.0, "FCD/Test": 99.0}
+        last = rec | {"step": 30 * (i + 1), "cpu_s": cpu, "mols_seen": 960 * (i + 1)}
+        (d / quality.QUALITY_JSONL).write_text(f"{json.dumps(last)}\n{json.dumps(early)}\n")
+        (d / "metrics.json").write_text(
+            json.dumps({"FCD/Test": fcd, "Filters": [0.8, 0.81, 0.82][i]})
+        )
+        dirs.append(d)
+    df = quality.scaling_table(dirs[::-1])
+    assert df["run"].tolist() == ["r0", "r1", "r2"]  # ordered by CPU time
+    assert (
+        df["step"].tolist() == [30, 60, 90] and df["q_FCD/Test"].tolist() == [rec["FCD/Test"]] * 3
+    )
+    assert df["Filters"].tolist() == [0.8, 0.81, 0.82] and df["SNN/Test"].isna().all()
+    c, a = quality.power_law(df["cpu_s"] / 3600, df["FCD/Test"])
+    assert (c, a) == (pytest.approx(8.0), pytest.approx(-1 / 3))
+    assert quality.compute_for(2.0, 8.0, -0.5) == pytest.approx(16.0)
+    assert quality.compute_for(2.0, 8.0, 0.1) == float("inf")  # never reached on a rising curve
+    ref_point = {"label": "VAE", "mols_seen": 1e5, "FCD/Test": 0.1, "Filters": 0.99}
+    png = quality.plot_scaling(df, tmp_path / "scaling.png", reference=ref_point)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (dirs[1] / "metrics.json").unlink()
+    with pytest.raises(FileNotFoundError, match="r1: no metrics.json"):
+        quality.scaling_table(dirs)

@@ -424,3 +424,108 @@ def plot_validation(df: pd.DataFrame, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.print_png(str(path))
     return path
+
+
+# Columns of the compute-scaling table: the last checkpoint's quality-protocol scores beside the
+# run's full MOSES-protocol metrics.json (experiments/evaluate.py reference=moses).
+SCALING_MOSES = ("FCD/Test", "FCD/TestSF", "SNN/Test", "Scaf/Test", "Filters", "Novelty")
+
+
+def scaling_table(run_dirs: Sequence[Path]) -> pd.DataFrame:
+    """One row per finished run of one recipe trained for different lengths: its last scored
+    checkpoint (step, CPU seconds, molecules seen, quality-protocol FCD/Test as `q_FCD/Test`) and
+    its MOSES-protocol metrics (metrics.json of 30,000 prior samples against the full test sets).
+
+    Raises:
+      FileNotFoundError: a run has no quality.jsonl scores or no metrics.json.
+    """
+    rows = []
+    for run in map(Path, run_dirs):
+        scores = read_scores(run)
+        if not scores:
+            raise FileNotFoundError(f"{run}: no {QUALITY_JSONL} (score it: experiments/quality.py)")
+        path = run / names.EVAL_JSON
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{run}: no {names.EVAL_JSON} (experiments/sample.py n=30000, then "
+                "experiments/evaluate.py reference=moses metrics=all)"
+            )
+        moses = json.loads(path.read_text())
+        last = max(scores, key=lambda r: r["step"])
+        rows.append(
+            {"run": run.name, "step": last["step"], "cpu_s": last["cpu_s"]}
+            | {"mols_seen": last["mols_seen"], "q_FCD/Test": last["FCD/Test"]}
+            | {k: moses.get(k, math.nan) for k in SCALING_MOSES}
+        )
+    return pd.DataFrame(rows).sort_values("cpu_s").reset_index(drop=True)
+
+
+def power_law(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
+    """Least-squares fit of y = c * x**a in log-log space; returns (c, a)."""
+    a, log_c = np.polyfit(np.log(np.asarray(x, float)), np.log(np.asarray(y, float)), 1)
+    return float(np.exp(log_c)), float(a)
+
+
+def compute_for(target: float, c: float, a: float) -> float:
+    """The x at which the power law c * x**a reaches `target` (inf where it never does)."""
+    return float((target / c) ** (1 / a)) if a < 0 else math.inf
+
+
+def plot_scaling(
+    df: pd.DataFrame,
+    path: Path,
+    targets: dict[str, Sequence[float]] | None = None,
+    reference: dict[str, float] | None = None,
+) -> Path:
+    """FCD/Test and the MCF/PAINS failure rate (1 - Filters) on the MOSES protocol against CPU
+    hours of training (top) and molecules seen (bottom), log-log, with the power law fitted to the
+    points extended to each target (dashed lines) and the compute it extrapolates to written on
+    the line. `reference`: a published model's `mols_seen` and metrics, drawn on the bottom row."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    targets = targets or {"FCD/Test": (1.5, 0.3), "Filters": (0.95, 0.98)}
+    fig = Figure(figsize=(11, 8), layout="constrained")
+    canvas = FigureCanvasAgg(fig)
+    axes = fig.subplots(2, 2)
+    for row, unit in enumerate(("CPU-h", "molecules")):
+        xs_data = df["cpu_s"].to_numpy() / 3600 if row == 0 else df["mols_seen"].to_numpy()
+        for ax, name in zip(axes[row], ("FCD/Test", "Filters"), strict=True):
+            fail = name == "Filters"
+            y = 1 - df[name].to_numpy() if fail else df[name].to_numpy()
+            ax.plot(xs_data, y, "o", color="C0", label="measured (cooled-down models)")
+            for x, v, run in zip(xs_data, y, df["run"], strict=True):
+                ax.annotate(run, (x, v), fontsize=7, xytext=(4, 4), textcoords="offset points")
+            c, a = power_law(xs_data, y)
+            goals = [1 - t if fail else t for t in targets.get(name, ())]
+            reach = [compute_for(g, c, a) for g in goals]
+            x_max = max([xs_data.max(), *[r for r in reach if math.isfinite(r)]])
+            if row == 1 and reference and name in reference:
+                ref_y = 1 - reference[name] if fail else reference[name]
+                ax.plot(reference["mols_seen"], ref_y, "s", color="C2", label=reference["label"])
+                x_max = max(x_max, reference["mols_seen"])
+            xs = np.geomspace(xs_data.min(), x_max * 1.3, 100)
+            ax.plot(xs, c * xs**a, ":", color="C0", label=f"fit: ∝ {unit}^{a:.2f}")
+            for g, r, t in zip(goals, reach, targets.get(name, ()), strict=True):
+                ax.axhline(g, ls="--", color="C3", lw=1)
+                where = f"{r:,.3g} {unit}" if math.isfinite(r) else "never"
+                ax.annotate(
+                    f"target {t}: {where}",
+                    (xs[0], g),
+                    fontsize=8,
+                    color="C3",
+                    xytext=(2, 3),
+                    textcoords="offset points",
+                )
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel(
+                "CPU hours of training (process time, 2 cores)" if row == 0 else "molecules seen"
+            )
+            ax.set_ylabel("1 - Filters (MCF/PAINS failure rate)" if fail else name)
+            ax.set_title(f"MOSES protocol: {name}", fontsize=10)
+            ax.grid(alpha=0.3, which="both")
+            ax.legend(fontsize=7, loc="upper right")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.print_png(str(path))
+    return path
