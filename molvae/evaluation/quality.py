@@ -475,7 +475,7 @@ def plot_scaling(
     df: pd.DataFrame,
     path: Path,
     targets: dict[str, Sequence[float]] | None = None,
-    reference: dict[str, float] | None = None,
+    reference: dict[str, Any] | None = None,
 ) -> Path:
     """FCD/Test and the MCF/PAINS failure rate (1 - Filters) on the MOSES protocol against CPU
     hours of training (top) and molecules seen (bottom), log-log, with the power law fitted to the
