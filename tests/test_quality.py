@@ -126,7 +126,8 @@ def test_grammar_constrained_samples_are_scored_as_their_own_row(scored, tmp_pat
 def test_scaling_table_fit_and_figure(scored, tmp_path):
     """scaling_table reads each run's last scored checkpoint and its MOSES-protocol
     metrics.json; the power law fitted through exact power-law points recovers its exponent
-    and the compute at which it reaches a target; a run without metrics.json is named."""
+    and the compute at which it reaches a target, and so do the local exponents between
+    consecutive points; a run without metrics.json is named."""
     run, ref, (rec,) = scored
     dirs = []
     for i, (cpu, fcd) in enumerate([(3600.0, 8.0), (7200.0, 8.0 * 2 ** (-1 / 3)), (28800.0, 4.0)]):
@@ -145,8 +146,12 @@ def test_scaling_table_fit_and_figure(scored, tmp_path):
         df["step"].tolist() == [30, 60, 90] and df["q_FCD/Test"].tolist() == [rec["FCD/Test"]] * 3
     )
     assert df["Filters"].tolist() == [0.8, 0.81, 0.82] and df["SNN/Test"].isna().all()
+    assert df["q_nll"].tolist() == [rec["nll"]] * 3
     c, a = quality.power_law(df["cpu_s"] / 3600, df["FCD/Test"])
     assert (c, a) == (pytest.approx(8.0), pytest.approx(-1 / 3))
+    assert quality.local_exponents(df["cpu_s"], df["FCD/Test"]) == pytest.approx([-1 / 3] * 2)
+    # a curve that turns up: the last local exponent is positive, which one fit would hide
+    assert quality.local_exponents([1, 2, 4], [4.0, 2.0, 4.0]) == pytest.approx([-1.0, 1.0])
     assert quality.compute_for(2.0, 8.0, -0.5) == pytest.approx(16.0)
     assert quality.compute_for(2.0, 8.0, 0.1) == float("inf")  # never reached on a rising curve
     ref_point = {"label": "VAE", "mols_seen": 1e5, "FCD/Test": 0.1, "Filters": 0.99}

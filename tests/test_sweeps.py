@@ -40,6 +40,7 @@ EXPERIMENTS = sorted(
         "smoke",
         "demo",
         "moses",
+        "moses_72k",
         "moses_kl05",
         "moses_fb",
         "moses_grammar",

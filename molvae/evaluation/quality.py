@@ -433,8 +433,9 @@ SCALING_MOSES = ("FCD/Test", "FCD/TestSF", "SNN/Test", "Scaf/Test", "Filters", "
 
 def scaling_table(run_dirs: Sequence[Path]) -> pd.DataFrame:
     """One row per finished run of one recipe trained for different lengths: its last scored
-    checkpoint (step, CPU seconds, molecules seen, quality-protocol FCD/Test as `q_FCD/Test`) and
-    its MOSES-protocol metrics (metrics.json of 30,000 prior samples against the full test sets).
+    checkpoint (step, CPU seconds, molecules seen, quality-protocol FCD/Test as `q_FCD/Test` and
+    held-out NLL bound in nats as `q_nll`) and its MOSES-protocol metrics (metrics.json of 30,000
+    prior samples against the full test sets).
 
     Raises:
       FileNotFoundError: a run has no quality.jsonl scores or no metrics.json.
@@ -455,6 +456,7 @@ def scaling_table(run_dirs: Sequence[Path]) -> pd.DataFrame:
         rows.append(
             {"run": run.name, "step": last["step"], "cpu_s": last["cpu_s"]}
             | {"mols_seen": last["mols_seen"], "q_FCD/Test": last["FCD/Test"]}
+            | {"q_nll": last.get("nll", math.nan)}
             | {k: moses.get(k, math.nan) for k in SCALING_MOSES}
         )
     return pd.DataFrame(rows).sort_values("cpu_s").reset_index(drop=True)
@@ -471,61 +473,90 @@ def compute_for(target: float, c: float, a: float) -> float:
     return float((target / c) ** (1 / a)) if a < 0 else math.inf
 
 
+def local_exponents(x: Sequence[float], y: Sequence[float]) -> list[float]:
+    """The power-law exponent between each pair of consecutive points, d log y / d log x: one
+    value fewer than points. A curve that flattens shows exponents rising towards 0 (or above
+    it where a longer run scored worse), which one fit through all points hides."""
+    lx, ly = np.log(np.asarray(x, float)), np.log(np.asarray(y, float))
+    return (np.diff(ly) / np.diff(lx)).tolist()
+
+
 def plot_scaling(
     df: pd.DataFrame,
     path: Path,
     targets: dict[str, Sequence[float]] | None = None,
     reference: dict[str, Any] | None = None,
 ) -> Path:
-    """FCD/Test and the MCF/PAINS failure rate (1 - Filters) on the MOSES protocol against CPU
-    hours of training (top) and molecules seen (bottom), log-log, with the power law fitted to the
-    points extended to each target (dashed lines) and the compute it extrapolates to written on
-    the line. `reference`: a published model's `mols_seen` and metrics, drawn on the bottom row."""
+    """The measured curve of one recipe trained for different lengths: FCD/Test and the MCF/PAINS
+    failure rate (1 - Filters) on the MOSES protocol, and the held-out NLL bound of the quality
+    protocol, against CPU hours of training (top) and molecules seen (bottom), log-log. The
+    points are joined in order of compute, each segment labelled with its local exponent
+    (`local_exponents`); the targets are dashed lines. `reference`: a published model's
+    `mols_seen` and metrics, drawn on the bottom row. No power law is drawn beyond the data:
+    `scripts/scaling_curve.py` prints the fits and what they extrapolate to."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
     targets = targets or {"FCD/Test": (1.5, 0.3), "Filters": (0.95, 0.98)}
-    fig = Figure(figsize=(11, 8), layout="constrained")
+    panels = [("FCD/Test", "FCD/Test"), ("Filters", "1 - Filters (MCF/PAINS failure rate)")]
+    if "q_nll" in df and df["q_nll"].notna().all():
+        panels.append(("q_nll", "held-out NLL bound (nats, quality protocol)"))
+    fig = Figure(figsize=(4.2 * len(panels), 8), layout="constrained")
     canvas = FigureCanvasAgg(fig)
-    axes = fig.subplots(2, 2)
-    for row, unit in enumerate(("CPU-h", "molecules")):
-        xs_data = df["cpu_s"].to_numpy() / 3600 if row == 0 else df["mols_seen"].to_numpy()
-        for ax, name in zip(axes[row], ("FCD/Test", "Filters"), strict=True):
+    axes = fig.subplots(2, len(panels), squeeze=False)
+    for row in range(2):
+        xs = df["cpu_s"].to_numpy() / 3600 if row == 0 else df["mols_seen"].to_numpy()
+        for ax, (name, label) in zip(axes[row], panels, strict=True):
             fail = name == "Filters"
             y = 1 - df[name].to_numpy() if fail else df[name].to_numpy()
-            ax.plot(xs_data, y, "o", color="C0", label="measured (cooled-down models)")
-            for x, v, run in zip(xs_data, y, df["run"], strict=True):
+            ax.plot(xs, y, "o-", color="C0", label="measured (cooled-down models)")
+            for x, v, run in zip(xs, y, df["run"], strict=True):
                 ax.annotate(run, (x, v), fontsize=7, xytext=(4, 4), textcoords="offset points")
-            c, a = power_law(xs_data, y)
-            goals = [1 - t if fail else t for t in targets.get(name, ())]
-            reach = [compute_for(g, c, a) for g in goals]
-            x_max = max([xs_data.max(), *[r for r in reach if math.isfinite(r)]])
+            for i, e in enumerate(local_exponents(xs, y)):
+                mid = (np.sqrt(xs[i] * xs[i + 1]), np.sqrt(y[i] * y[i + 1]))
+                ax.annotate(
+                    f"{e:+.2f}",
+                    mid,
+                    fontsize=7,
+                    color="C1",
+                    xytext=(0, -10),
+                    textcoords="offset points",
+                    ha="center",
+                )
+            for t in targets.get(name, ()):
+                ax.axhline(1 - t if fail else t, ls="--", color="C3", lw=1)
+                ax.annotate(
+                    f"target {t}",
+                    (0.02, 1 - t if fail else t),
+                    xycoords=("axes fraction", "data"),
+                    fontsize=8,
+                    color="C3",
+                    xytext=(0, 3),
+                    textcoords="offset points",
+                )
             if row == 1 and reference and name in reference:
                 ref_y = 1 - reference[name] if fail else reference[name]
                 ax.plot(reference["mols_seen"], ref_y, "s", color="C2", label=reference["label"])
-                x_max = max(x_max, reference["mols_seen"])
-            xs = np.geomspace(xs_data.min(), x_max * 1.3, 100)
-            ax.plot(xs, c * xs**a, ":", color="C0", label=f"fit: ∝ {unit}^{a:.2f}")
-            for g, r, t in zip(goals, reach, targets.get(name, ()), strict=True):
-                ax.axhline(g, ls="--", color="C3", lw=1)
-                where = f"{r:,.3g} {unit}" if math.isfinite(r) else "never"
-                ax.annotate(
-                    f"target {t}: {where}",
-                    (xs[0], g),
-                    fontsize=8,
-                    color="C3",
-                    xytext=(2, 3),
-                    textcoords="offset points",
-                )
             ax.set_xscale("log")
-            ax.set_yscale("log")
+            if name != "q_nll":  # NLL moves by tenths of a nat: a linear axis reads better
+                ax.set_yscale("log")
+                ax.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+                ax.yaxis.set_major_formatter(ScalarFormatter())
+                ax.yaxis.set_minor_formatter(NullFormatter())
+            if row == 0:
+                ax.xaxis.set_major_formatter(ScalarFormatter())
+                ax.xaxis.set_minor_formatter(ScalarFormatter())
             ax.set_xlabel(
                 "CPU hours of training (process time, 2 cores)" if row == 0 else "molecules seen"
             )
-            ax.set_ylabel("1 - Filters (MCF/PAINS failure rate)" if fail else name)
-            ax.set_title(f"MOSES protocol: {name}", fontsize=10)
+            ax.set_ylabel(label)
+            ax.set_title(
+                f"{'MOSES' if name != 'q_nll' else 'quality'} protocol: {name}", fontsize=10
+            )
             ax.grid(alpha=0.3, which="both")
-            ax.legend(fontsize=7, loc="upper right")
+            ax.legend(fontsize=7, loc="upper center" if name == "q_nll" else "center left")
+    fig.suptitle("one recipe trained for different lengths (orange: local exponent)", fontsize=10)
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.print_png(str(path))
     return path
