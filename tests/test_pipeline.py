@@ -140,6 +140,7 @@ def test_wandb_logger_writes_an_offline_run_into_the_run_folder(root, tmp_path):
 SHIPPED_RECIPES = {
     "moses": "moses_48k",
     "moses_72k": "moses_72k",
+    "moses_512": "moses_512",
     "moses_kl05": "moses",
     "moses_fb": "moses_fb",
     "moses_grammar": "moses_grammar",
@@ -148,7 +149,17 @@ SHIPPED_RECIPES = {
 
 @pytest.mark.parametrize(
     "name",
-    ["smoke", "demo", "moses", "moses_72k", "moses_kl05", "moses_fb", "moses_grammar", "moses_gpu"],
+    [
+        "smoke",
+        "demo",
+        "moses",
+        "moses_72k",
+        "moses_512",
+        "moses_kl05",
+        "moses_fb",
+        "moses_grammar",
+        "moses_gpu",
+    ],
 )
 def test_single_run_experiments_compose_into_valid_configs(root, name):
     from hydra import compose, initialize_config_dir

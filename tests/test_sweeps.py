@@ -41,6 +41,7 @@ EXPERIMENTS = sorted(
         "demo",
         "moses",
         "moses_72k",
+        "moses_512",
         "moses_kl05",
         "moses_fb",
         "moses_grammar",
