@@ -4,7 +4,7 @@ law through all of them extended to the targets.
 
     .venv/bin/python scripts/scaling_curve.py RUN [RUN ...] [--out docs/quality]
 
-Each RUN is a finished, cooled-down run of the recipe (e.g. `experiment=moses` with different
+Each RUN is a finished, cooled-down run of the recipe (e.g. `experiment=moses_48k` with different
 `train.steps`), scored by `experiments/quality.py` (its quality.jsonl gives the last
 checkpoint's CPU seconds and molecules seen) and by `experiments/sample.py n=30000 seed=0` plus
 `experiments/evaluate.py reference=moses metrics=all` (its metrics.json: the MOSES protocol).

@@ -138,9 +138,9 @@ def test_wandb_logger_writes_an_offline_run_into_the_run_folder(root, tmp_path):
 
 # experiment -> the shipped model it makes
 SHIPPED_RECIPES = {
-    "moses": "moses_48k",
+    "moses": "moses_512",
+    "moses_48k": "moses_48k",
     "moses_72k": "moses_72k",
-    "moses_512": "moses_512",
     "moses_kl05": "moses",
     "moses_fb": "moses_fb",
     "moses_grammar": "moses_grammar",
@@ -153,8 +153,8 @@ SHIPPED_RECIPES = {
         "smoke",
         "demo",
         "moses",
+        "moses_48k",
         "moses_72k",
-        "moses_512",
         "moses_kl05",
         "moses_fb",
         "moses_grammar",
@@ -191,7 +191,7 @@ def test_single_run_experiments_compose_into_valid_configs(root, name):
         assert train.grammar_from_step == (
             train.steps - train.lr_decay_steps if model.grammar else 0
         )
-    if name in ("moses", "moses_72k", "moses_gpu"):  # a 6,000-step 1 - sqrt cool-down, masked
+    if name in ("moses", "moses_48k", "moses_72k", "moses_gpu"):  # 6,000-step 1 - sqrt, masked
         assert model.grammar and train.lr_schedule == "wsd" and train.lr_decay_shape == "sqrt"
         assert train.lr_decay_steps == 6000
         assert train.grammar_from_step == train.steps - train.lr_decay_steps
