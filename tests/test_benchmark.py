@@ -29,6 +29,7 @@ def test_summary_has_the_contract_keys_and_the_ratios():
     stages = {
         "matmul": {"matmul_gflops": 200.0, "matmul_gflops_bf16": 400.0, "peak_rss_mb": 300.0},
         "train_default": {"train_mol_per_s": 1000.0, "train_gflops": 80.0, "peak_rss_mb": 1400.0},
+        "train_gru512": {"train_mol_per_s": 500.0, "train_gflops": 120.0},
         "train_moses_gru": {
             "train_mol_per_s": 140.0,
             "train_gflops": 150.0,
@@ -56,6 +57,7 @@ def test_summary_has_the_contract_keys_and_the_ratios():
     s = benchmark.summary(stages)
     assert set(CONTRACT) <= set(s)
     assert s["mfu_default"] == pytest.approx(0.4) and s["mfu_moses_gru"] == pytest.approx(0.75)
+    assert s["train_mol_per_s_gru512"] == 500.0 and s["mfu_gru512"] == pytest.approx(0.6)
     stages["matmul"]["matmul_gflops"] = 100.0  # a slow moment: the stage's own peak is used
     assert benchmark.summary(stages)["mfu_moses_gru"] == pytest.approx(0.8)
     stages["matmul"]["matmul_gflops"] = 200.0
