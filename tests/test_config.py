@@ -50,6 +50,21 @@ def test_train_script_defaults_are_the_dataclass_defaults():
     _agree("train", cfg["train"], TrainConfig)
 
 
+def test_the_gru512_preset_is_the_decoder_of_experiment_moses():
+    """model=gru512 (the benchmark's train_gru512 stage) is model/default with the decoder width of
+    experiment=moses, whose grammar mask is a training-schedule choice, not an architecture."""
+    preset = _compose("config", ["model=gru512"])["model"]
+    default = _compose("config", [])["model"]
+    recipe = _compose("config", ["experiment=moses"])["model"]
+    assert preset["dec_hidden"] == recipe["dec_hidden"] == 512
+    assert {k: v for k, v in preset.items() if k != "dec_hidden"} == {
+        k: v for k, v in default.items() if k != "dec_hidden"
+    }
+    assert {k: v for k, v in recipe.items() if k != "grammar"} == {
+        k: v for k, v in preset.items() if k != "grammar"
+    }
+
+
 @pytest.mark.parametrize("method", ["gradient", "bo", "lolbo", "constrained"])
 def test_every_optimize_group_is_its_methods_config(method):
     cfg = _compose("optimize_run", [f"optimize={method}", "run_dir=unused"])
