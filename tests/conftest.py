@@ -28,6 +28,14 @@ def _share_wheels() -> None:
 
 _share_wheels()
 
+
+def experiments(sweeps: bool) -> list[str]:
+    """The experiment configs of conf/experiment/ (quality/ arms aside): the sweeps (those that set
+    a Hydra sweeper) or the single runs (smoke, demo and the moses* recipes)."""
+    files = (ROOT / "conf" / "experiment").glob("*.yaml")
+    return sorted(p.stem for p in files if ("sweeper:" in p.read_text()) == sweeps)
+
+
 import jax  # noqa: E402
 
 # Compiled steps persist across test runs (and processes such as the Hydra subprocess tests).

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import experiments
 
 import molvae
 
@@ -147,20 +148,7 @@ SHIPPED_RECIPES = {
 }
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "smoke",
-        "demo",
-        "moses",
-        "moses_48k",
-        "moses_72k",
-        "moses_kl05",
-        "moses_fb",
-        "moses_grammar",
-        "moses_gpu",
-    ],
-)
+@pytest.mark.parametrize("name", experiments(sweeps=False))
 def test_single_run_experiments_compose_into_valid_configs(root, name):
     from hydra import compose, initialize_config_dir
 

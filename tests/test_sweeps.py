@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from conftest import experiments
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
@@ -30,24 +31,9 @@ FAST = [
     "train.eval_every=2",
     "train.ckpt_every=2",
 ]
-# The sweep experiments; smoke, demo and the moses* recipes are single runs, and quality/
-# holds the arms of the quality study (all composed in test_pipeline).
-EXPERIMENTS = sorted(
-    p.stem
-    for p in (ROOT / "conf" / "experiment").glob("*.yaml")
-    if p.stem
-    not in (
-        "smoke",
-        "demo",
-        "moses",
-        "moses_48k",
-        "moses_72k",
-        "moses_kl05",
-        "moses_fb",
-        "moses_grammar",
-        "moses_gpu",
-    )
-)
+# The sweep experiments; the single runs and quality/ (the arms of the quality study) are composed
+# in test_pipeline.
+EXPERIMENTS = experiments(sweeps=True)
 
 
 def multirun(sweep_dir: Path, *overrides: str, script: str = "train.py", check: bool = True):
