@@ -1,10 +1,13 @@
 """The quality-per-compute protocol on a real (tiny) run folder."""
 
 import json
+import runpy
+import sys
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import ROOT
 
 import molvae
 from molvae import chem, data
@@ -123,11 +126,12 @@ def test_grammar_constrained_samples_are_scored_as_their_own_row(scored, tmp_pat
         quality.score_fixed(f"{run}@beam", PROTOCOL, tmp_path)
 
 
-def test_scaling_table_fit_and_figure(scored, tmp_path):
+def test_scaling_table_fit_and_figure(scored, tmp_path, monkeypatch, capsys):
     """scaling_table reads each run's last scored checkpoint and its MOSES-protocol
     metrics.json; the power law fitted through exact power-law points recovers its exponent
     and the compute at which it reaches a target, and so do the local exponents between
-    consecutive points; a run without metrics.json is named."""
+    consecutive points; scripts/scaling_curve.py keeps an earlier table's rows beside a named
+    recipe's runs and fits each recipe; a run without metrics.json is named."""
     run, ref, (rec,) = scored
     dirs = []
     for i, (cpu, fcd) in enumerate([(3600.0, 8.0), (7200.0, 8.0 * 2 ** (-1 / 3)), (28800.0, 4.0)]):
@@ -157,6 +161,20 @@ def test_scaling_table_fit_and_figure(scored, tmp_path):
     ref_point = {"label": "VAE", "mols_seen": 1e5, "FCD/Test": 0.1, "Filters": 0.99}
     png = quality.plot_scaling(df, tmp_path / "scaling.png", reference=ref_point)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the script: an earlier table's rows beside a named recipe's runs, a fit per recipe
+    df.to_csv(tmp_path / "earlier.csv", index=False)
+    out = tmp_path / "fig"
+    argv = ["scaling_curve.py", "--rows", str(tmp_path / "earlier.csv"), "--out", str(out)]
+    argv += ["--recipe", "wide", str(dirs[0]), str(dirs[2])]
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_path(str(ROOT / "scripts" / "scaling_curve.py"), run_name="__main__")
+    table = pd.read_csv(out / "scaling.csv", keep_default_na=False)
+    assert table["recipe"].tolist() == ["", "", "", "wide", "wide"]
+    assert table["run"].tolist() == ["r0", "r1", "r2", "r0", "r2"]
+    printed = capsys.readouterr().out
+    assert "runs (3 runs):" in printed and "wide (2 runs):" in printed
+    assert printed.count("FCD/Test: local exponents between consecutive runs -0.33") == 2
+    assert (out / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     (dirs[1] / "metrics.json").unlink()
     with pytest.raises(FileNotFoundError, match="r1: no metrics.json"):
         quality.scaling_table(dirs)

@@ -431,11 +431,12 @@ def plot_validation(df: pd.DataFrame, path: Path) -> Path:
 SCALING_MOSES = ("FCD/Test", "FCD/TestSF", "SNN/Test", "Scaf/Test", "Filters", "Novelty")
 
 
-def scaling_table(run_dirs: Sequence[Path]) -> pd.DataFrame:
-    """One row per finished run of one recipe trained for different lengths: its last scored
-    checkpoint (step, CPU seconds, molecules seen, quality-protocol FCD/Test as `q_FCD/Test` and
-    held-out NLL bound in nats as `q_nll`) and its MOSES-protocol metrics (metrics.json of 30,000
-    prior samples against the full test sets).
+def scaling_table(run_dirs: Sequence[Path], recipe: str = "") -> pd.DataFrame:
+    """One row per finished run of one recipe trained for different lengths: the recipe's name
+    (`recipe`, the figure's legend), its last scored checkpoint (step, CPU seconds, molecules
+    seen, quality-protocol FCD/Test as `q_FCD/Test` and held-out NLL bound in nats as `q_nll`)
+    and its MOSES-protocol metrics (metrics.json of 30,000 prior samples against the full test
+    sets).
 
     Raises:
       FileNotFoundError: a run has no quality.jsonl scores or no metrics.json.
@@ -454,7 +455,7 @@ def scaling_table(run_dirs: Sequence[Path]) -> pd.DataFrame:
         moses = json.loads(path.read_text())
         last = max(scores, key=lambda r: r["step"])
         rows.append(
-            {"run": run.name, "step": last["step"], "cpu_s": last["cpu_s"]}
+            {"recipe": recipe, "run": run.name, "step": last["step"], "cpu_s": last["cpu_s"]}
             | {"mols_seen": last["mols_seen"], "q_FCD/Test": last["FCD/Test"]}
             | {"q_nll": last.get("nll", math.nan)}
             | {k: moses.get(k, math.nan) for k in SCALING_MOSES}
@@ -487,13 +488,14 @@ def plot_scaling(
     targets: dict[str, Sequence[float]] | None = None,
     reference: dict[str, Any] | None = None,
 ) -> Path:
-    """The measured curve of one recipe trained for different lengths: FCD/Test and the MCF/PAINS
+    """The measured curves of recipes trained for different lengths: FCD/Test and the MCF/PAINS
     failure rate (1 - Filters) on the MOSES protocol, and the held-out NLL bound of the quality
-    protocol, against CPU hours of training (top) and molecules seen (bottom), log-log. The
-    points are joined in order of compute, each segment labelled with its local exponent
-    (`local_exponents`); the targets are dashed lines. `reference`: a published model's
-    `mols_seen` and metrics, drawn on the bottom row. No power law is drawn beyond the data:
-    `scripts/scaling_curve.py` prints the fits and what they extrapolate to."""
+    protocol, against CPU hours of training (top) and molecules seen (bottom), log-log. Each
+    recipe (the `recipe` column, if any; one curve per value, named in the legend) is joined in
+    order of compute, each segment labelled with its local exponent (`local_exponents`); the
+    targets are dashed lines. `reference`: a published model's `mols_seen` and metrics, drawn on
+    the bottom row. No power law is drawn beyond the data: `scripts/scaling_curve.py` prints the
+    fits and what they extrapolate to."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
@@ -505,25 +507,36 @@ def plot_scaling(
     fig = Figure(figsize=(4.2 * len(panels), 8), layout="constrained")
     canvas = FigureCanvasAgg(fig)
     axes = fig.subplots(2, len(panels), squeeze=False)
+    recipes = df["recipe"].fillna("") if "recipe" in df else pd.Series("", index=df.index)
+    # C1 marks the exponents, C2 the published model, C3 the targets
+    colors = ["C0", "C4", "C5", "C6", "C8", "C9"]
     for row in range(2):
-        xs = df["cpu_s"].to_numpy() / 3600 if row == 0 else df["mols_seen"].to_numpy()
         for ax, (name, label) in zip(axes[row], panels, strict=True):
             fail = name == "Filters"
-            y = 1 - df[name].to_numpy() if fail else df[name].to_numpy()
-            ax.plot(xs, y, "o-", color="C0", label="measured (cooled-down models)")
-            for x, v, run in zip(xs, y, df["run"], strict=True):
-                ax.annotate(run, (x, v), fontsize=7, xytext=(4, 4), textcoords="offset points")
-            for i, e in enumerate(local_exponents(xs, y)):
-                mid = (np.sqrt(xs[i] * xs[i + 1]), np.sqrt(y[i] * y[i + 1]))
-                ax.annotate(
-                    f"{e:+.2f}",
-                    mid,
-                    fontsize=7,
-                    color="C1",
-                    xytext=(0, -10),
-                    textcoords="offset points",
-                    ha="center",
+            for k, recipe in enumerate(dict.fromkeys(recipes)):
+                part = df[recipes == recipe].sort_values("cpu_s")
+                xs = part["cpu_s"].to_numpy() / 3600 if row == 0 else part["mols_seen"].to_numpy()
+                y = 1 - part[name].to_numpy() if fail else part[name].to_numpy()
+                ax.plot(
+                    xs,
+                    y,
+                    "o-",
+                    color=colors[k % len(colors)],
+                    label=recipe or "measured (cooled-down models)",
                 )
+                for x, v, run in zip(xs, y, part["run"], strict=True):
+                    ax.annotate(run, (x, v), fontsize=7, xytext=(4, 4), textcoords="offset points")
+                for i, e in enumerate(local_exponents(xs, y)):
+                    mid = (np.sqrt(xs[i] * xs[i + 1]), np.sqrt(y[i] * y[i + 1]))
+                    ax.annotate(
+                        f"{e:+.2f}",
+                        mid,
+                        fontsize=7,
+                        color="C1",
+                        xytext=(0, -10),
+                        textcoords="offset points",
+                        ha="center",
+                    )
             for t in targets.get(name, ()):
                 ax.axhline(1 - t if fail else t, ls="--", color="C3", lw=1)
                 ax.annotate(
@@ -555,8 +568,11 @@ def plot_scaling(
                 f"{'MOSES' if name != 'q_nll' else 'quality'} protocol: {name}", fontsize=10
             )
             ax.grid(alpha=0.3, which="both")
-            ax.legend(fontsize=7, loc="upper center" if name == "q_nll" else "center left")
-    fig.suptitle("one recipe trained for different lengths (orange: local exponent)", fontsize=10)
+            ax.legend(fontsize=7, loc="best")
+    fig.suptitle(
+        "each recipe trained for different lengths (orange: local exponent per segment)",
+        fontsize=10,
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.print_png(str(path))
     return path
