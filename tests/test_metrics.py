@@ -122,13 +122,38 @@ def test_filters_reject_charges_odd_atoms_big_rings_and_alerts():
     }
 
 
+def test_filter_failures_name_every_reason():
+    reasons = {s: metrics.filter_failures(chem.mol_from_smiles(s)) for s in [
+        "CCOC(=O)c1ccccc1", "C[N+](C)(C)C", "CCP(C)C", "C1CCCCCCC1", "CCCCCI",
+        "O=C1C=CC(=O)C=C1", "C=CC#N", "CCSSCC",
+    ]}  # fmt: skip
+    assert reasons == {
+        "CCOC(=O)c1ccccc1": [],
+        "C[N+](C)(C)C": ["charged"],
+        "CCP(C)C": ["atom:P"],
+        "C1CCCCCCC1": ["ring>=8"],
+        "CCCCCI": ["atom:I", "MCF4"],  # iodine, and a CH2 halide
+        "O=C1C=CC(=O)C=C1": ["PAINS:quinone_A(370)"],
+        "C=CC#N": ["MCF1"],  # an acrylonitrile Michael acceptor
+        "CCSSCC": ["MCF16"],  # a disulfide
+    }
+    # first=True stops where MOSES stops, and agrees with passes_filters
+    assert metrics.filter_failures(chem.mol_from_smiles("CCCCCI"), first=True) == ["atom:I"]
+    # over a set: fractions of the valid molecules, the invalid one left out
+    table = metrics.filter_alerts(["CCOC(=O)c1ccccc1", "C1CCCCCCC1", "CCCCCI", "C1CC"], n_jobs=1)
+    assert table.to_dict() == pytest.approx(
+        {"molecules": 3, "fail": 2 / 3, "ring>=8": 1 / 3, "atom:I": 1 / 3, "MCF4": 1 / 3}
+    )
+    assert list(table.index[:2]) == ["molecules", "fail"]
+
+
 def test_filter_screen_loses_no_match():
     # passes_filters skips patterns whose pattern-fingerprint bits are missing: it must agree
     # with trying every pattern, as MOSES does.
     smiles = [*MOLS, "O=C1C=CC(=O)C=C1", "CC(=O)C=Cc1ccccc1", "Nc1ccc(N)cc1", "CCSSCC", "C=CC#N"]
     for s in smiles:
         with_h = Chem.AddHs(chem.mol_from_smiles(s))
-        every = any(with_h.HasSubstructMatch(p) for p, _ in metrics._filter_patterns())
+        every = any(with_h.HasSubstructMatch(p) for _, p, _ in metrics._filter_patterns())
         assert metrics.passes_filters(chem.mol_from_smiles(s)) == (not every), s
 
 

@@ -58,29 +58,75 @@ SHIPPED_STATS = {
 
 
 @functools.cache
-def _filter_patterns() -> tuple[tuple[Chem.Mol, DataStructs.ExplicitBitVect], ...]:
-    """MCF + PAINS SMARTS, each with its pattern fingerprint for screening."""
-    mcf = pd.read_csv(_FILTER_DIR / "mcf.csv")["smarts"]
-    pains = pd.read_csv(_FILTER_DIR / "wehi_pains.csv", names=["smarts", "names"])["smarts"]
-    patterns = [Chem.MolFromSmarts(s) for s in [*mcf, *pains]]
-    return tuple((p, Chem.PatternFingerprint(p)) for p in patterns)
+def _filter_patterns() -> tuple[tuple[str, Chem.Mol, DataStructs.ExplicitBitVect], ...]:
+    """MCF + PAINS SMARTS, each with its name (MCF1..., PAINS regId) and its pattern fingerprint
+    for screening."""
+    mcf = pd.read_csv(_FILTER_DIR / "mcf.csv")
+    pains = pd.read_csv(_FILTER_DIR / "wehi_pains.csv", names=["smarts", "names"])
+    names = [
+        *mcf["names"],
+        *(n.strip().removeprefix("<regId=").removesuffix(">") for n in pains["names"]),
+    ]
+    patterns = [Chem.MolFromSmarts(s) for s in [*mcf["smarts"], *pains["smarts"]]]
+    return tuple((n, p, Chem.PatternFingerprint(p)) for n, p in zip(names, patterns, strict=True))
 
 
-def passes_filters(mol: Chem.Mol) -> bool:
-    """MOSES's `mol_passes_filters`: no MCF/PAINS alert, ring < 8 atoms, uncharged, CNSOFClBrH."""
+def filter_failures(mol: Chem.Mol, first: bool = False) -> list[str]:
+    """Why a molecule fails MOSES's `mol_passes_filters` ([] if it passes): `ring>=8`,
+    `charged`, `atom:X` (an element outside CNSOFClBrH), each MCF/PAINS alert it matches by name
+    (`MCF4`, `PAINS:ene_one_ene_A(57)`, ...), `unparsable` (its SMILES does not read back).
+    `first`: stop at the first reason, as MOSES does (what passes_filters needs)."""
+    reasons: list[str] = []
     if any(len(ring) >= 8 for ring in mol.GetRingInfo().AtomRings()):
-        return False
-    if any(a.GetFormalCharge() != 0 or a.GetSymbol() not in _FILTER_ATOMS for a in mol.GetAtoms()):
-        return False
+        reasons.append("ring>=8")
+        if first:
+            return reasons
+    atoms = mol.GetAtoms()
+    if any(a.GetFormalCharge() != 0 for a in atoms):
+        reasons.append("charged")
+    reasons += sorted(
+        {f"atom:{a.GetSymbol()}" for a in atoms if a.GetSymbol() not in _FILTER_ATOMS}
+    )
+    if first and reasons:
+        return reasons[:1]
     with_h = Chem.AddHs(mol)  # some MCF patterns spell out hydrogens
     # A pattern can only match if its pattern-fingerprint bits are all set in the molecule's
     # (RDKit's substructure screen, as in SubstructLibrary): skips most of the 502 full searches.
     screen = Chem.PatternFingerprint(with_h)
-    for pattern, bits in _filter_patterns():
+    for name, pattern, bits in _filter_patterns():
         if DataStructs.AllProbeBitsMatch(bits, screen) and with_h.HasSubstructMatch(pattern):
-            return False
+            reasons.append(name if name.startswith("MCF") else f"PAINS:{name}")
+            if first:
+                return reasons
     smiles = Chem.MolToSmiles(mol, isomericSmiles=False)
-    return bool(smiles) and Chem.MolFromSmiles(smiles) is not None
+    if not smiles or Chem.MolFromSmiles(smiles) is None:
+        reasons.append("unparsable")
+    return reasons
+
+
+def _failures_of(smiles: str) -> list[str] | None:
+    mol = chem.mol_from_smiles(smiles)
+    return None if mol is None else filter_failures(mol)
+
+
+def filter_alerts(smiles: Sequence[str], n_jobs: int | None = None) -> pd.Series:
+    """The MOSES `Filters` metric split by reason, over the valid molecules of `smiles`:
+    `molecules` (how many are valid), `fail` (the fraction that fails, 1 - Filters), then the
+    fraction that carries each reason of `filter_failures`, most frequent first (a molecule can
+    carry several, so these sum to `fail` or more)."""
+    rows = [r for r in chem.parallel_map(_failures_of, smiles, n_jobs) if r is not None]
+    n = len(rows)
+    if not n:
+        raise ValueError("no valid molecule to filter")
+    counts = Counter(reason for r in rows for reason in r)
+    head = pd.Series({"molecules": n, "fail": sum(bool(r) for r in rows) / n})
+    body = pd.Series({k: c / n for k, c in counts.items()}, dtype=float)
+    return pd.concat([head, body.sort_values(ascending=False, kind="stable")])
+
+
+def passes_filters(mol: Chem.Mol) -> bool:
+    """MOSES's `mol_passes_filters`: no MCF/PAINS alert, ring < 8 atoms, uncharged, CNSOFClBrH."""
+    return not filter_failures(mol, first=True)
 
 
 class _Row(NamedTuple):
