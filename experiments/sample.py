@@ -26,6 +26,7 @@ def main(cfg: DictConfig) -> None:
         greedy=cfg.greedy,
         strict=cfg.strict,
         grammar=cfg.grammar,
+        max_ring=cfg.max_ring,
     )
     df = folder.write_samples(out, smiles)
     stale = out / names.EVAL_JSON

@@ -120,6 +120,7 @@ class MolVAE:
         seed: int = 0,
         strict: bool = False,
         grammar: bool | None = None,
+        max_ring: int = 0,
     ) -> list[str]:
         """Canonical SMILES for latents z (n, latent_dim); '' where decoding fails.
 
@@ -130,8 +131,13 @@ class MolVAE:
         tokens that would make the SELFIES decoder repair the string are masked out, so the
         decoder's distribution is renormalised over strings it writes as they are. Needs a
         vocabulary of single SELFIES symbols (not BPE). None: as the model was trained
-        (ModelConfig.grammar)."""
-        return self.engine.decode(np.asarray(z), seed, temperature, greedy, strict, grammar)
+        (ModelConfig.grammar).
+        max_ring: > 0, under the grammar, and no ring bond may close a ring of more atoms
+        (MOSES's filters reject rings of 8 or more: max_ring=7), the distribution renormalised
+        over what is left; a constraint of sampling only (models.grammar)."""
+        return self.engine.decode(
+            np.asarray(z), seed, temperature, greedy, strict, grammar, max_ring
+        )
 
     def sample(
         self,
@@ -142,15 +148,23 @@ class MolVAE:
         scale: float = 1.0,
         strict: bool = False,
         grammar: bool | None = None,
+        max_ring: int = 0,
     ) -> list[str]:
         """n molecules from the prior z ~ N(0, scale^2 I), decoded stochastically at
-        `temperature` (or greedily). Same seed, same molecules. strict, grammar: see decode;
+        `temperature` (or greedily). Same seed, same molecules. strict, grammar, max_ring: see
+        decode;
         a repaired sample is '' (invalid) under strict, never resampled."""
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
         z = latent.prior(n, self.latent_dim, seed, scale)
         return self.decode(
-            z, greedy=greedy, temperature=temperature, seed=seed + 1, strict=strict, grammar=grammar
+            z,
+            greedy=greedy,
+            temperature=temperature,
+            seed=seed + 1,
+            strict=strict,
+            grammar=grammar,
+            max_ring=max_ring,
         )
 
     def reconstruct(self, smiles: Sequence[str], greedy: bool = True, seed: int = 0) -> list[str]:

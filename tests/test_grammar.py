@@ -51,7 +51,9 @@ TABLES = gram.grammar_tables(VOCAB.tokens, VOCAB.eos_id)
 
 
 def test_tables_read_each_symbol_as_the_selfies_decoder_does():
-    kind, order, cap, nidx, digit = (np.asarray(x) for x in TABLES)
+    kind, order, cap, nidx, digit = (
+        np.asarray(x) for x in (TABLES.kind, TABLES.order, TABLES.cap, TABLES.nidx, TABLES.digit)
+    )
     at = {t: i for i, t in enumerate(VOCAB.tokens)}
     assert kind[at["<eos>"]] == gram.EOS and kind[at["<pad>"]] == gram.NEVER
     assert (kind[at["[=C]"]], order[at["[=C]"]], cap[at["[=C]"]]) == (gram.ATOM, 2, 4)
@@ -73,7 +75,7 @@ def test_tables_refuse_bpe_tokens_and_unknown_symbols():
 
 
 @jax.jit
-def _draw_masked(key, bias):
+def _draw_masked(key, bias, tables=TABLES):
     """Strings drawn from random logits (+ bias per token) under the mask: (ids, lost, done)."""
     batch, max_len, v = 512, 48, len(VOCAB)
     g = gram.init_state(batch, max_len)
@@ -82,10 +84,10 @@ def _draw_masked(key, bias):
         g, done = carry
         logits = 2.0 * jax.random.normal(jax.random.fold_in(key, t), (batch, v)) + bias
         logits = logits.at[:, :2].set(-jnp.inf)
-        g, logits = gram.mask_logits(g, TABLES, logits)
+        g, logits = gram.mask_logits(g, tables, logits)
         nxt = jax.random.categorical(jax.random.fold_in(key, 10_000 + t), logits)
         nxt = jnp.where(done, 0, nxt.astype(jnp.int32))
-        return (gram.advance(g, nxt, TABLES), done | (nxt == 2)), nxt
+        return (gram.advance(g, nxt, tables), done | (nxt == 2)), nxt
 
     (g, done), ids = jax.lax.scan(body, (g, jnp.zeros(batch, bool)), jnp.arange(max_len + 1))
     return ids.T, g.lost, done
@@ -111,6 +113,35 @@ def test_no_string_drawn_under_the_mask_needs_a_repair(seed):
     assert np.mean(["Branch" in s for s in ended]) > 0.2
 
 
+def _largest_ring(selfies: str) -> int:
+    mol = chem.mol_from_smiles(sf.decoder(selfies))
+    return max((len(r) for r in mol.GetRingInfo().AtomRings()), default=0)
+
+
+@pytest.mark.parametrize("max_ring", [6, 7])
+def test_max_ring_masks_every_larger_ring(max_ring):
+    """With max_ring, strings drawn from random logits pushed towards rings have no ring of
+    more atoms (RDKit's rings, as MOSES's filters read them) and still need no repair; without
+    it, the same draws do have larger rings (so the check can fail)."""
+    kind = np.asarray(TABLES.kind)
+    bias = np.zeros(len(VOCAB), np.float32)
+    bias[kind == gram.RING] = 3.0
+    bias[VOCAB.eos_id] = -1.5
+    tables = gram.grammar_tables(VOCAB.tokens, VOCAB.eos_id, max_ring=max_ring)
+    largest = {}
+    for name, tab in (("free", TABLES), ("limited", tables)):
+        ids, lost, done = (np.asarray(x) for x in _draw_masked(jax.random.key(7), bias, tab))
+        assert not lost.any()
+        ended = [s for s, d in zip(VOCAB.decode_selfies_batch(ids), done, strict=True) if d]
+        assert len(ended) > 300
+        assert Counter(chem.selfies_repair_kind(s) for s in ended) == {None: len(ended)}
+        largest[name] = Counter(_largest_ring(s) for s in ended)
+    assert max(largest["limited"]) == max_ring  # rings up to the limit are still drawn
+    assert sum(c for size, c in largest["free"].items() if size > max_ring) >= 5
+    with pytest.raises(ValueError, match="max_ring"):
+        gram.grammar_tables(VOCAB.tokens, VOCAB.eos_id, max_ring=2)
+
+
 def _moses_ids(n: int, max_len: int) -> np.ndarray:
     smiles = data.read_smiles_file(data.moses_files()["test"])["smiles"][:n]
     selfies = [chem.smiles_to_selfies(s) for s in smiles]  # as the training data is
@@ -130,6 +161,12 @@ def test_the_mask_allows_every_moses_molecule_at_every_step():
     assert target_ok.all(), np.argwhere(~target_ok)[:5]
     # and it does exclude things: on average most tokens are masked at a position
     assert np.asarray(masks)[:, :10].mean() < 0.8
+    # max_ring=7 is a constraint of sampling, not of the data: some MOSES strings close a fused
+    # system's outer ring first and split it later (145 of these 1,999 when measured)
+    t7 = gram.grammar_tables(VOCAB.tokens, VOCAB.eos_id, max_ring=7)
+    masks7 = jax.jit(lambda t: gram.sequence_masks(t7, t, max_len))(jnp.asarray(tokens[:, 1:]))
+    ok7 = np.take_along_axis(np.asarray(masks7), tokens[:, 1:, None], -1)[..., 0].all(1)
+    assert 0.03 < 1 - ok7.mean() < 0.12
 
 
 def test_the_masked_likelihood_is_never_below_the_unmasked_one():
@@ -175,6 +212,11 @@ def test_a_model_samples_without_repairs_under_grammar_and_the_engine_equals_one
     assert np.mean([chem.selfies_repaired(s) for s in free]) > 0.1
     smiles = model.sample(64, seed=1, strict=True, grammar=True)
     assert np.mean([s != "" for s in smiles]) > 0.9
+    # max_ring through the API: the grammar implied, no ring of more atoms, nothing repaired
+    limited = model.sample(256, seed=1, strict=True, max_ring=5)
+    mols = [chem.mol_from_smiles(s) for s in limited if s]
+    assert len(mols) > 0.9 * len(limited)
+    assert max(len(r) for m in mols for r in m.GetRingInfo().AtomRings()) <= 5
 
 
 def test_a_grammar_model_trains_and_scores_under_its_masks(tiny_run, tmp_path):

@@ -148,15 +148,25 @@ class DecodingEngine:
             for layer in gen.decoder.layers:
                 layer.dtype = decode_dtype
             self.gen_graphdef = nnx.split(gen)[0]
-        self._tables: gram.GrammarTables | None = None
+        self._tables: dict[int, gram.GrammarTables] = {}
         self.grammar = model.cfg.grammar  # the default of decode's `grammar`
 
-    def grammar_tables(self) -> gram.GrammarTables:
-        """The vocabulary's tables for grammar-constrained decoding (models.grammar); a
+    def grammar_tables(self, max_ring: int = 0) -> gram.GrammarTables:
+        """The vocabulary's tables for grammar-constrained decoding (models.grammar), ring
+        bonds that close rings of more than `max_ring` atoms masked too (0: no limit); a
         ValueError for a vocabulary with BPE tokens."""
-        if self._tables is None:
-            self._tables = gram.grammar_tables(self.vocab.tokens, self.vocab.eos_id)
-        return self._tables
+        if max_ring not in self._tables:
+            self._tables[max_ring] = gram.grammar_tables(
+                self.vocab.tokens, self.vocab.eos_id, max_ring
+            )
+        return self._tables[max_ring]
+
+    def _grammar(self, grammar: bool | None, max_ring: int) -> gram.GrammarTables | None:
+        """The tables decoding runs under: grammar None means as trained; max_ring > 0 implies
+        grammar."""
+        if (self.grammar if grammar is None else grammar) or max_ring:
+            return self.grammar_tables(max_ring)
+        return None
 
     def decode_ids(
         self,
@@ -165,12 +175,21 @@ class DecodingEngine:
         temperature: float = 1.0,
         greedy: bool = True,
         grammar: bool | None = None,
+        max_ring: int = 0,
     ) -> np.ndarray:
         """Token ids (n, max_len + 1) for latents z (n, Z), in fixed-size jitted chunks."""
-        out = list(self.iter_ids(z, seed, temperature, greedy, grammar))
+        out = list(self.iter_ids(z, seed, temperature, greedy, grammar, max_ring))
         return np.concatenate(out) if out else np.zeros((0, self.max_len + 1), np.int32)
 
-    def iter_ids(self, z, seed: int, temperature: float, greedy: bool, grammar: bool | None = None):
+    def iter_ids(
+        self,
+        z,
+        seed: int,
+        temperature: float,
+        greedy: bool,
+        grammar: bool | None = None,
+        max_ring: int = 0,
+    ):
         """Ids (CHUNK rows at a time, in order; the last block shorter) for latents z.
 
         Continuous batching: CHUNK decoding slots run SEGMENT steps per jitted call, and
@@ -183,7 +202,9 @@ class DecodingEngine:
 
         grammar: draw only among the tokens after which the SELFIES decoder needs no repair
         (models.grammar), the decoder's distribution renormalised over them at each step (None:
-        as the model was trained, ModelConfig.grammar)."""
+        as the model was trained, ModelConfig.grammar). max_ring > 0: under the grammar, and
+        no ring bond may close a ring of more atoms (models.grammar._near; MOSES's filters
+        reject rings of 8 or more), a constraint of sampling only."""
         z = np.asarray(z, np.float32)
         if z.ndim != 2 or z.shape[1] != self.latent_dim:
             raise ValueError(f"latents must have shape (n, {self.latent_dim}), got {z.shape}")
@@ -193,8 +214,8 @@ class DecodingEngine:
         if n == 0:
             return
         key, temp = jax.random.key(seed), jnp.float32(temperature)
-        grammar = self.grammar if grammar is None else grammar
-        tables = self.grammar_tables() if grammar else None
+        tables = self._grammar(grammar, max_ring)
+        grammar = tables is not None
 
         def start(c: int):  # start state of chunk c (CHUNK rows, the last chunk padded)
             zc = z[c * CHUNK : (c + 1) * CHUNK]
@@ -243,12 +264,12 @@ class DecodingEngine:
             slots.mol[finished] = -1
             yield from chunks.ready()
 
-    def warm_up(self, greedy: bool = False, grammar: bool | None = None) -> None:
+    def warm_up(self, greedy: bool = False, grammar: bool | None = None, max_ring: int = 0) -> None:
         """Compile the decoder for every packed batch size now rather than on first use."""
-        grammar = self.grammar if grammar is None else grammar
+        tables = self._grammar(grammar, max_ring)
+        grammar = tables is not None
         sizes = [CHUNK >> k for k in range(CHUNK.bit_length()) if CHUNK >> k >= MIN_BUCKET]
         z = np.zeros((CHUNK, self.latent_dim), np.float32)
-        tables = self.grammar_tables() if grammar else None
         full = _start(
             self.gen_graphdef, self.params, z, jax.random.key(0), self.max_len + 1, grammar
         )
@@ -288,13 +309,15 @@ class DecodingEngine:
         greedy: bool = True,
         strict: bool = False,
         grammar: bool | None = None,
+        max_ring: int = 0,
     ) -> list[str]:
         """Canonical SMILES for latents z ('' where decoding fails; with strict, also where the
-        SELFIES had to be repaired; with grammar, see iter_ids). Large batches overlap the
-        network with RDKit: each decoded chunk goes to a process pool while the next decodes."""
+        SELFIES had to be repaired; with grammar and max_ring, see iter_ids). Large batches
+        overlap the network with RDKit: each decoded chunk goes to a process pool while the next
+        decodes."""
         jobs = chem.default_jobs()
         if len(z) < chem.SERIAL_BELOW or jobs <= 1:
-            ids = self.decode_ids(z, seed, temperature, greedy, grammar)
+            ids = self.decode_ids(z, seed, temperature, greedy, grammar, max_ring)
             return self.ids_to_smiles(ids, 1, strict)
         with chem.process_pool(jobs) as pool:
             parts = [
@@ -303,6 +326,6 @@ class DecodingEngine:
                     self.vocab.decode_selfies_batch(ids),
                     chunksize=max(16, len(ids) // (4 * jobs)),
                 )
-                for ids in self.iter_ids(z, seed, temperature, greedy, grammar)
+                for ids in self.iter_ids(z, seed, temperature, greedy, grammar, max_ring)
             ]
             return [smi for part in parts for smi in part]

@@ -18,7 +18,12 @@ which the string can still be finished without a repair:
   the end);
 - inside a branch, the chain is never saturated before the branch's symbols run out (the
   decoder would ignore the rest), and an atom a pending branch returns to keeps one bond free;
-- the string ends (eos) only outside every branch and after at least one atom.
+- the string ends (eos) only outside every branch and after at least one atom;
+- optionally (`max_ring`, at sampling time), a ring bond is read only if the ring it closes
+  has at most max_ring atoms. MOSES's filters reject rings of 8 or more atoms, and no MOSES
+  molecule has one; but ~7% of MOSES's canonical strings first close a fused system's outer
+  ring (9 or 10 atoms) and split it with a later ring bond, which this rule forbids, so it is
+  not one to train under.
 
 The masked distribution is p(x | z) renormalised over the allowed tokens at each step (as in
 grammar VAEs, Kusner et al. 2017); nothing is resampled, and `chem.selfies_repair` stays the
@@ -33,6 +38,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
 from selfies.grammar_rules import (
     get_index_from_selfies,
     process_atom_symbol,
@@ -43,17 +49,22 @@ from selfies.grammar_rules import (
 DEPTH = 16  # branch nesting tracked; deeper branches are masked out
 RINGS = 8  # ring bonds tracked per atom (more than any bonding capacity SELFIES knows)
 NEVER, ATOM, BRANCH, RING, EOS = range(5)
+MAX_RING = 12  # the largest ring-size limit GrammarTables.max_ring takes
 _MAIN_END = 1 << 30  # the main chain has no symbol budget
 
 
-class GrammarTables(NamedTuple):
-    """What each token is to the SELFIES grammar, (V,) int32 each."""
+@struct.dataclass
+class GrammarTables:
+    """What each token is to the SELFIES grammar, (V,) int32 each, and the ring-size limit
+    (static under jit: one compilation per limit)."""
 
     kind: jax.Array  # NEVER, ATOM, BRANCH, RING or EOS
     order: jax.Array  # bond order of an atom's bond prefix, a branch or a ring
     cap: jax.Array  # an atom's bonding capacity
     nidx: jax.Array  # index symbols after a branch or ring
     digit: jax.Array  # the token's value when read as an index symbol (0..15)
+    # ring bonds that would close a ring of more atoms are masked out too (0: no limit; _near)
+    max_ring: int = struct.field(pytree_node=False, default=0)
 
 
 class GrammarState(NamedTuple):
@@ -75,9 +86,13 @@ class GrammarState(NamedTuple):
     fe: jax.Array  # per open chain: the symbol position where its budget ends
 
 
-def grammar_tables(tokens: Sequence[str], eos_id: int) -> GrammarTables:
+def grammar_tables(tokens: Sequence[str], eos_id: int, max_ring: int = 0) -> GrammarTables:
     """Tables for a vocabulary whose tokens (but eos and the other specials) are single SELFIES
-    symbols. Raises ValueError for BPE tokens (several symbols) or symbols SELFIES cannot read."""
+    symbols; `max_ring` > 0 also masks out the ring bonds that would close a ring of more atoms.
+    Raises ValueError for BPE tokens (several symbols), symbols SELFIES cannot read, or a
+    max_ring other than 0 or 3..MAX_RING."""
+    if max_ring and not 3 <= max_ring <= MAX_RING:
+        raise ValueError(f"max_ring must be 0 (no limit) or 3..{MAX_RING}, got {max_ring}")
     rows = []
     for i, tok in enumerate(tokens):
         if i == eos_id:
@@ -102,7 +117,7 @@ def grammar_tables(tokens: Sequence[str], eos_id: int) -> GrammarTables:
         else:
             raise ValueError(f"SELFIES cannot read the token {tok!r}")
     cols = np.asarray(rows, np.int32).T
-    return GrammarTables(*(jnp.asarray(c) for c in cols))
+    return GrammarTables(*(jnp.asarray(c) for c in cols), max_ring=max_ring)
 
 
 def init_state(batch: int, max_len: int) -> GrammarState:
@@ -139,9 +154,36 @@ def _need(g: GrammarState) -> jax.Array:
     return jnp.zeros(a, jnp.int32).at[jnp.where(resumes, g.fp, a)].add(1, mode="drop")
 
 
-def _ring_targets(g: GrammarState, order: jax.Array, need: jax.Array) -> jax.Array:
+def _near(g: GrammarState, src: jax.Array, max_ring: int) -> jax.Array:
+    """(A,) bool: the atoms a ring bond from atom `src` may close onto without closing a ring
+    of more than max_ring atoms (all, for max_ring 0): those at most max_ring - 1 bonds away.
+
+    A ring bond between atoms d bonds apart closes a ring of d + 1 atoms, the smallest through
+    the new bond. Distances are over the chain bonds made so far and the ring bonds read before
+    (the decoder makes ring bonds at the end, in reading order, and atoms read later hang off
+    the chain, so no later symbol shortens them). Every ring bond of a string so drawn closes a
+    ring of at most max_ring atoms; those rings span the cycle space, so a smallest set of
+    smallest rings (RDKit's, which MOSES's filters read) has none larger."""
+    a = g.free.shape[0]
+    if not max_ring:
+        return jnp.ones(a, bool)
+    reach = jnp.arange(a) == src
+    has_parent = g.parent >= 0
+    for _ in range(max_ring - 1):  # breadth-first, one bond further per round
+        up = reach[jnp.clip(g.parent, 0)] & has_parent  # an atom whose parent is reached
+        down = (
+            jnp.zeros(a, jnp.int32)
+            .at[jnp.where(has_parent, g.parent, a)]
+            .add(reach.astype(jnp.int32), mode="drop")
+        )  # an atom with a reached child
+        ring = (reach[jnp.clip(g.partners, 0)] & (g.partners >= 0)).any(-1)
+        reach = reach | up | (down > 0) | ring
+    return reach
+
+
+def _ring_targets(g: GrammarState, order: jax.Array, need: jax.Array, near: jax.Array) -> jax.Array:
     """(..., A) over ring index i (back = i + 1 atoms): may a ring of `order` (...,) close
-    from the current atom onto the atom i + 1 before it?"""
+    from the current atom onto the atom i + 1 before it? `near`: _near of the current atom."""
     a = g.free.shape[0]
     p = g.fp[g.depth]
     left = p - 1 - jnp.arange(a)
@@ -150,7 +192,7 @@ def _ring_targets(g: GrammarState, order: jax.Array, need: jax.Array) -> jax.Arr
     # bonded already (a ring would merge into the bond): an earlier atom is bonded to the current
     # one by the chain only as its parent (the chain's later atoms come after it), or by a ring
     bonded = (left == g.parent[p]) | (left[:, None] == g.partners[p][None, :]).any(-1)
-    return (left >= 0) & fits & ~bonded
+    return (left >= 0) & fits & ~bonded & near[at]
 
 
 def _row_mask(g: GrammarState, tab: GrammarTables) -> jax.Array:
@@ -159,6 +201,7 @@ def _row_mask(g: GrammarState, tab: GrammarTables) -> jax.Array:
     s, p, end = g.fs[g.depth], g.fp[g.depth], g.fe[g.depth]
     first, budget, rem = g.n == 0, g.depth > 0, end - g.pos
     need = _need(g)
+    near = _near(g, p, tab.max_ring)
     avail = jnp.minimum(s, g.free[p] - need[p])
     o, cap, nidx = tab.order, tab.cap, tab.nidx
 
@@ -175,7 +218,7 @@ def _row_mask(g: GrammarState, tab: GrammarTables) -> jax.Array:
         & (g.pos + nidx + 2 <= max_len)
     )
     # a ring of order k (1..3) with n index symbols (1..3) has a target: (3, 3), then per token
-    targets = _ring_targets(g, jnp.arange(1, 4), need)  # (3, A)
+    targets = _ring_targets(g, jnp.arange(1, 4), need, near)  # (3, A)
     reach = jnp.arange(a)[None, :] < 16 ** jnp.arange(1, 4)[:, None]  # (3, A)
     has = (targets[:, None, :] & reach[None, :, :]).any(-1)  # (order, nidx)
     has_target = has[jnp.clip(o - 1, 0, 2), jnp.clip(nidx - 1, 0, 2)]
@@ -192,7 +235,7 @@ def _row_mask(g: GrammarState, tab: GrammarTables) -> jax.Array:
     lo = (g.iv * 16 + jnp.arange(16)) * scale
     hi = lo + scale - 1
     branch_digit = lo <= max_len - (g.pos + g.il) - 1
-    valid = _ring_targets(g, g.io, need)  # (A,)
+    valid = _ring_targets(g, g.io, need, near)  # (A,)
     counts = jnp.concatenate([jnp.zeros(1, jnp.int32), jnp.cumsum(valid.astype(jnp.int32))])
     ring_digit = counts[jnp.clip(hi + 1, 0, a)] > counts[jnp.clip(lo, 0, a)]
     readable = (tab.kind != EOS) & (tab.kind != NEVER)  # any symbol reads as a digit
