@@ -57,6 +57,7 @@ def cmd_sample(a: argparse.Namespace) -> int:
         greedy=a.greedy,
         strict=a.strict,
         grammar=True if a.grammar else None,
+        max_ring=a.max_ring,
     )
     df = pd.DataFrame({"smiles": smiles})
     if a.properties:
@@ -203,6 +204,14 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="grammar-constrained decoding: tokens that would need a SELFIES repair are masked "
         "out at every step (default: as the model was trained)",
+    )
+    s.add_argument(
+        "--max-ring",
+        type=int,
+        default=0,
+        metavar="N",
+        help="under the grammar, no ring of more than N atoms (7: none that the MOSES filters "
+        "reject; default 0: no limit)",
     )
     s.add_argument("--properties", action="store_true", help="add qed, logp, sa, weight, plogp")
     s.add_argument("-o", "--output", help="CSV file (default: stdout)")

@@ -39,6 +39,11 @@ def test_sample_encode_decode_evaluate(tiny_run, tmp_path):
     )
     got = pd.read_csv(gram, keep_default_na=False)["smiles"].tolist()
     assert got == molvae.load(tiny_run).sample(20, seed=3, grammar=True)
+    ring = tmp_path / "r.csv"  # with a ring-size limit: the API's samples again
+    argv = ["sample", str(tiny_run), "-n", "20", "--seed", "3", "--max-ring", "5", "-o", str(ring)]
+    assert main(argv) == 0
+    got = pd.read_csv(ring, keep_default_na=False)["smiles"].tolist()
+    assert got == molvae.load(tiny_run).sample(20, seed=3, max_ring=5)
 
     mols = tmp_path / "mols.smi"
     mols.write_text("CCO\nnot_a_molecule\nc1ccccc1\n")
