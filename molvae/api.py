@@ -152,8 +152,7 @@ class MolVAE:
     ) -> list[str]:
         """n molecules from the prior z ~ N(0, scale^2 I), decoded stochastically at
         `temperature` (or greedily). Same seed, same molecules. strict, grammar, max_ring: see
-        decode;
-        a repaired sample is '' (invalid) under strict, never resampled."""
+        decode; a repaired sample is '' (invalid) under strict, never resampled."""
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
         z = latent.prior(n, self.latent_dim, seed, scale)
