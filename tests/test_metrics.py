@@ -184,6 +184,9 @@ def test_identical_sets(tmp_path):
         assert twice[name] == pytest.approx(out[name], abs=1e-9), name
     assert twice["FCD/Test"] > 0.01
     assert out["Filters"] == 1.0
+    # FCD alone, as evaluate computes it
+    test = metrics.reference_stats(ref).splits["test"]
+    assert metrics.fcd(MOLS * 2, test) == pytest.approx(twice["FCD/Test"], rel=1e-6)
 
 
 def test_disjoint_sets(tmp_path):

@@ -651,6 +651,13 @@ def _fcd(gen_stats: tuple[np.ndarray, np.ndarray] | None, ref: SplitStats) -> fl
     return chemnet.frechet_distance(ref.mu, ref.sigma, *gen_stats)
 
 
+def fcd(smiles: Sequence[str], ref: SplitStats, n_jobs: int | None = None) -> float:
+    """FCD of the valid molecules of `smiles` to one reference split's statistics (e.g.
+    `reference_stats("moses").splits["test"]`), as `evaluate` computes FCD/Test, without the
+    other metrics."""
+    return _fcd(_chemnet_stats(_describe_all(smiles, "reference", n_jobs)), ref)
+
+
 def _vs_split(s: _Set, gen_stats, ref: SplitStats) -> dict[str, float]:
     return {
         "FCD": _fcd(gen_stats, ref),
