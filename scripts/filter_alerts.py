@@ -20,17 +20,16 @@ from pathlib import Path
 
 import pandas as pd
 
+from molvae import data
 from molvae.evaluation import metrics
-from molvae.store import names
+from molvae.store import folder
 
 
 def _read(path: Path) -> list[str]:
-    csv = path / names.SAMPLES_CSV if path.is_dir() else path
-    df = pd.read_csv(csv)
-    column = next((c for c in ("smiles", "SMILES") if c in df), None)
-    if column is None:
-        raise SystemExit(f"{csv}: no 'smiles' or 'SMILES' column")
-    return df[column].dropna().astype(str).tolist()
+    if path.is_dir():
+        return folder.read_samples(path)
+    column = "smiles" if "smiles" in pd.read_csv(path, nrows=0).columns else "SMILES"
+    return data.read_smiles_file(path, column)["smiles"].tolist()
 
 
 def main() -> None:
