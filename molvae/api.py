@@ -120,7 +120,7 @@ class MolVAE:
         seed: int = 0,
         strict: bool = False,
         grammar: bool | None = None,
-        max_ring: int = 0,
+        max_ring: int | None = None,
     ) -> list[str]:
         """Canonical SMILES for latents z (n, latent_dim); '' where decoding fails.
 
@@ -134,7 +134,8 @@ class MolVAE:
         (ModelConfig.grammar).
         max_ring: > 0, under the grammar, and no ring bond may close a ring of more atoms
         (MOSES's filters reject rings of 8 or more: max_ring=7), the distribution renormalised
-        over what is left; a constraint of sampling only (models.grammar)."""
+        over what is left (models.grammar); 0: no limit; None: as trained
+        (ModelConfig.max_ring, 0 unless the model was trained under a limit)."""
         return self.engine.decode(
             np.asarray(z), seed, temperature, greedy, strict, grammar, max_ring
         )
@@ -148,7 +149,7 @@ class MolVAE:
         scale: float = 1.0,
         strict: bool = False,
         grammar: bool | None = None,
-        max_ring: int = 0,
+        max_ring: int | None = None,
     ) -> list[str]:
         """n molecules from the prior z ~ N(0, scale^2 I), decoded stochastically at
         `temperature` (or greedily). Same seed, same molecules. strict, grammar, max_ring: see

@@ -174,6 +174,7 @@ class _Derivation:
         self.capacity: list[int] = []  # per atom: bonding capacity
         self.used: list[int] = []  # per atom: bond orders made so far
         self.bonds: set[tuple[int, int]] = set()
+        self.chain: list[tuple[int, int]] = []  # chain bonds made, (earlier atom, later atom)
         self.rings: list[tuple[int, int, int]] = []  # (left atom, right atom, order)
         self.repair: str | None = None
 
@@ -256,6 +257,7 @@ class _Derivation:
                 if made:
                     self.used[prev] += made
                     self.bonds.add((prev, len(self.capacity) - 1))
+                    self.chain.append((prev, len(self.capacity) - 1))
                 prev = len(self.capacity) - 1
                 state = atom.bonding_capacity - made or None
         left = len(self.symbols) - self.pos
@@ -270,6 +272,71 @@ def _known(output, symbol: str):
     if output is None:
         raise ValueError(f"unknown SELFIES symbol {symbol}")
     return output
+
+
+def ring_closures(selfies: str) -> list[int]:
+    """The size of the ring each ring bond of a SELFIES string closes when it is read, in
+    reading order: one more than the distance between its two atoms over the chain bonds and
+    the ring bonds read before it (the rule `models.grammar` applies with max_ring). A string
+    whose ring bonds all close rings of at most N atoms has no ring of more than N atoms in
+    its smallest set of smallest rings. Raises ValueError for a string the decoder repairs."""
+    symbols = [t for t in sf.split_selfies(selfies) if t != "[nop]"]
+    d = _Derivation(symbols)
+    if d.first_repair() is not None:
+        raise ValueError(f"the SELFIES decoder repairs {selfies!r}: {d.repair}")
+    nbr: list[set[int]] = [set() for _ in d.capacity]
+    for a, b in d.chain:
+        nbr[a].add(b)
+        nbr[b].add(a)
+    sizes = []
+    for left, right, _ in d.rings:
+        dist, frontier, seen = 0, {left}, {left}
+        while right not in frontier:  # breadth-first
+            frontier = {m for n in frontier for m in nbr[n]} - seen
+            if not frontier:  # a string of several fragments
+                raise ValueError(f"ring bond between unconnected atoms in {selfies!r}")
+            seen |= frontier
+            dist += 1
+        sizes.append(dist + 1)
+        nbr[left].add(right)
+        nbr[right].add(left)
+    return sizes
+
+
+def small_ring_selfies(smiles: str, max_ring: int, max_len: int | None = None) -> str | None:
+    """A SELFIES string of the molecule whose ring bonds each close a ring of at most
+    `max_ring` atoms (ring_closures), of at most max_len symbols: the encoding of its canonical
+    SMILES if that one is, else of the first that is among the canonical SMILES rooted at each
+    atom in turn and then 64 seeded random SMILES; None if none is (a molecule with a larger
+    ring, or an unparsable one)."""
+    mol = Chem.MolFromSmiles(smiles)
+    if mol is None:
+        return None
+    if mol.GetRingInfo().NumRings() == 0:
+        return sf.encoder(Chem.MolToSmiles(mol))
+    if max(len(r) for r in mol.GetRingInfo().AtomRings()) > max_ring:
+        return None
+    candidates = [Chem.MolToSmiles(mol)]
+    candidates += [Chem.MolToSmiles(mol, rootedAtAtom=i) for i in range(mol.GetNumAtoms())]
+    tried = set()
+    for smi in _then_random(candidates, mol):
+        if smi in tried:
+            continue
+        tried.add(smi)
+        try:
+            sel = sf.encoder(smi)
+            if max_len is not None and sf.len_selfies(sel) > max_len:
+                continue
+            if max(ring_closures(sel), default=0) <= max_ring:
+                return sel
+        except (ValueError, sf.EncoderError):
+            continue
+    return None
+
+
+def _then_random(candidates: list[str], mol: Chem.Mol) -> Iterable[str]:
+    yield from candidates
+    yield from Chem.MolToRandomSmilesVect(mol, 64, randomSeed=0)
 
 
 def selfies_to_smiles_strict(selfies: str) -> str:

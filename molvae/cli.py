@@ -208,10 +208,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--max-ring",
         type=int,
-        default=0,
+        default=None,
         metavar="N",
         help="under the grammar, no ring of more than N atoms (7: none that the MOSES filters "
-        "reject; default 0: no limit)",
+        "reject; 0: no limit; default: as the model was trained)",
     )
     s.add_argument("--properties", action="store_true", help="add qed, logp, sa, weight, plogp")
     s.add_argument("-o", "--output", help="CSV file (default: stdout)")

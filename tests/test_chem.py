@@ -245,3 +245,33 @@ def test_no_training_string_counts_as_repaired():
     encoded = [chem.smiles_to_selfies(chem.canonical(s)) for s in smiles]
     assert not any(chem.selfies_repaired(e) for e in encoded)
     assert all(chem.selfies_repair_kind(e) is None for e in encoded)
+
+
+@pytest.mark.parametrize(
+    "smiles, sizes",
+    [
+        ("CCO", []),
+        ("C1CCCCC1", [6]),
+        ("C1CCCCCCCCCCC1", [12]),
+        ("c1ccc2ccccc2c1", [6, 6]),  # naphthalene as RDKit writes it: each ring closed small
+        # as RDKit writes it, the 9-atom outer ring closes first and a later bond splits it
+        ("NCC(=O)c1noc2ccc(Br)cc12", [9, 5]),
+    ],
+)
+def test_ring_closures_reads_the_ring_each_ring_bond_closes(smiles, sizes):
+    assert chem.ring_closures(chem.smiles_to_selfies(smiles)) == sizes
+
+
+def test_small_ring_selfies_rewrites_only_what_it_must():
+    # already small: the canonical string itself
+    assert chem.small_ring_selfies("c1ccc2ccccc2c1", 7) == chem.smiles_to_selfies("c1ccc2ccccc2c1")
+    fused = "NCC(=O)c1noc2ccc(Br)cc12"
+    small = chem.small_ring_selfies(fused, 7)
+    assert small != chem.smiles_to_selfies(fused)
+    assert sorted(chem.ring_closures(small)) == [5, 6]
+    assert chem.selfies_to_smiles(small) == fused  # the same molecule
+    assert chem.small_ring_selfies("C1CCCCCCCCCCC1", 7) is None  # a ring of 12: no such string
+    assert chem.small_ring_selfies("C1CCCCCCCCCCC1", 12) == chem.smiles_to_selfies("C1CCCCCCCCCCC1")
+    assert chem.small_ring_selfies("not a molecule", 7) is None
+    with pytest.raises(ValueError, match="repairs"):
+        chem.ring_closures("[C][Ring1][C]")  # a ring onto nothing: repaired

@@ -270,3 +270,28 @@ def test_moses_split_sizes():
     files = data.moses_files()
     sizes = {s: len(read_smiles_file(p)) for s, p in files.items()}
     assert sizes == {"train": 1_584_663, "test": 176_074, "test_scaffolds": 176_225}
+
+
+def test_max_ring_writes_strings_small_ring_first(tmp_path, monkeypatch):
+    """data.max_ring: every kept string's ring bonds close rings of at most max_ring atoms (the
+    canonical one where it does, a rewritten one where not), the molecules are unchanged, a
+    molecule with a larger ring is dropped as ring_too_large, and the result is cached."""
+    body = b"SMILES\nCCO\nNCC(=O)c1noc2ccc(Br)cc12\nc1ccc2ccccc2c1\nC1CCCCCCCCCCC1\n"
+    path = _csv(tmp_path, body)
+    plain = _load(path)
+    small = _load(path, max_ring=7)
+    assert small.train.smiles == [s for s in plain.train.smiles if s != "C1CCCCCCCCCCC1"]
+    for smi, sel in zip(small.train.smiles, small.train.selfies, strict=True):
+        assert max(chem.ring_closures(sel), default=0) <= 7
+        assert chem.selfies_to_smiles(sel) == smi
+    changed = [a != b for a, b in zip(small.train.selfies, plain.train.selfies, strict=False)]
+    assert changed == [False, True, False]
+    assert small.stats["train"]["ring_rewritten"] == 1
+    assert small.stats["train"]["ring_too_large"] == 1 and small.stats["total"]["kept"] == 3
+    row = small.report[small.report["reason"] == "ring_too_large"]
+    assert list(row["smiles"]) == ["C1CCCCCCCCCCC1"] and list(row["line"]) == [5]
+    monkeypatch.setattr(data, "_small_rings", lambda *a: pytest.fail("cache missed"))
+    again = _load(path, max_ring=7)
+    assert again.stats["cache_hit"] and again.train.selfies == small.train.selfies
+    with pytest.raises(DataError, match="max_ring"):
+        DataConfig(max_ring=2)

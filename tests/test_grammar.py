@@ -142,31 +142,54 @@ def test_max_ring_masks_every_larger_ring(max_ring):
         gram.grammar_tables(VOCAB.tokens, VOCAB.eos_id, max_ring=2)
 
 
-def _moses_ids(n: int, max_len: int) -> np.ndarray:
+def _moses_selfies(n: int) -> list[str]:
     smiles = data.read_smiles_file(data.moses_files()["test"])["smiles"][:n]
     selfies = [chem.smiles_to_selfies(s) for s in smiles]  # as the training data is
     known = set(ALPHABET)  # the training set's alphabet (a few test molecules have [H])
     selfies = [s for s in selfies if set(sf.split_selfies(s)) <= known]
     assert len(selfies) > 0.99 * n
-    return VOCAB.encode_batch(selfies, max_len)[0]
+    return selfies
+
+
+def _moses_ids(n: int, max_len: int) -> np.ndarray:
+    return VOCAB.encode_batch(_moses_selfies(n), max_len)[0]
 
 
 def test_the_mask_allows_every_moses_molecule_at_every_step():
     """The mask is never stricter than the data: every symbol of 2,000 MOSES molecules (and
     their eos) is allowed where it stands."""
     max_len = 72
-    tokens = _moses_ids(2000, max_len)
+    selfies = _moses_selfies(2000)
+    tokens = VOCAB.encode_batch(selfies, max_len)[0]
     masks = jax.jit(lambda t: gram.sequence_masks(TABLES, t, max_len))(jnp.asarray(tokens[:, 1:]))
     target_ok = np.take_along_axis(np.asarray(masks), tokens[:, 1:, None], -1)[..., 0]
     assert target_ok.all(), np.argwhere(~target_ok)[:5]
     # and it does exclude things: on average most tokens are masked at a position
     assert np.asarray(masks)[:, :10].mean() < 0.8
-    # max_ring=7 is a constraint of sampling, not of the data: some MOSES strings close a fused
-    # system's outer ring first and split it later (145 of these 1,999 when measured)
+    # max_ring=7: some canonical MOSES strings close a fused system's outer ring first and
+    # split it later (145 of these 1,999 when measured), which the limit forbids ...
     t7 = gram.grammar_tables(VOCAB.tokens, VOCAB.eos_id, max_ring=7)
-    masks7 = jax.jit(lambda t: gram.sequence_masks(t7, t, max_len))(jnp.asarray(tokens[:, 1:]))
-    ok7 = np.take_along_axis(np.asarray(masks7), tokens[:, 1:, None], -1)[..., 0].all(1)
-    assert 0.03 < 1 - ok7.mean() < 0.12
+    masks7 = jax.jit(lambda t: gram.sequence_masks(t7, t, max_len))
+
+    def ok7(strings):
+        ids = VOCAB.encode_batch(strings, max_len)[0]
+        m = np.asarray(masks7(jnp.asarray(ids[:, 1:])))
+        return np.take_along_axis(m, ids[:, 1:, None], -1)[..., 0].all(1)
+
+    canonical = ok7(selfies)
+    assert 0.03 < 1 - canonical.mean() < 0.12
+    # ... exactly those whose ring bonds chem.ring_closures (a replay in Python) finds closing
+    # a ring of more than 7 atoms when read
+    replay = np.array([max(chem.ring_closures(s), default=0) <= 7 for s in selfies])
+    np.testing.assert_array_equal(canonical, replay)
+    # written small-ring-first (data.max_ring), every molecule has a string the mask allows
+    smiles = [chem.selfies_to_smiles(s) for s in selfies]
+    small = [
+        s if ok else chem.small_ring_selfies(m, 7, max_len)
+        for s, ok, m in zip(selfies, replay, smiles, strict=True)
+    ]
+    assert all(small) and ok7(small).all()
+    assert [chem.selfies_to_smiles(s) for s in small] == smiles
 
 
 def test_the_masked_likelihood_is_never_below_the_unmasked_one():
@@ -260,6 +283,48 @@ def test_a_grammar_model_trains_and_scores_under_its_masks(tiny_run, tmp_path):
     free.grammar = None  # the same parameters, the unconstrained decoder
     assert np.all(np.isfinite(masked))
     assert np.all(masked >= free.log_likelihood(mols, k=4)["log_likelihood"] - 1e-4)
+
+
+def test_a_model_trained_under_a_ring_limit_samples_under_it(tiny_run, tmp_path):
+    """model.max_ring: a branch trained on strings written small-ring-first (data.max_ring)
+    under the ring-size mask records the limit, and samples under it unless told otherwise;
+    without such data, or without the grammar, it is an error before any work."""
+    from molvae.api import load
+    from molvae.data import DataConfig
+    from molvae.loggers import JsonlLogger
+    from molvae.models.vae import ModelConfig
+    from molvae.training import TrainConfig, train_and_evaluate
+
+    data_cfg = DataConfig(limit=300, max_len=40, max_ring=6)
+    model_cfg = ModelConfig(
+        embed_dim=16, enc_hidden=32, latent_dim=8, dec_hidden=32, grammar=True, max_ring=6
+    )
+    train_cfg = TrainConfig(
+        steps=40, batch_size=32, log_every=10, eval_every=40, ckpt_every=40, eval_size=64,
+        warmup_steps=5, kl_warmup_steps=10, progress=False, init_from=str(tiny_run),
+    )  # fmt: skip
+    config = {"data": data_cfg.__dict__ | {"property_columns": []}}
+    out = tmp_path / "ring6"
+    res = train_and_evaluate(
+        data_cfg, model_cfg, train_cfg, out, JsonlLogger(out / "metrics.jsonl"), config
+    )
+    assert res.step == 40 and np.isfinite(res.final_eval["val_recon"])  # no target masked out
+    model = load(out)
+    assert model.engine.max_ring == 6 and model.codec.grammar.max_ring == 6
+
+    def largest(smiles):
+        mols = [chem.mol_from_smiles(s) for s in smiles if s]
+        return max(len(r) for m in mols for r in m.GetRingInfo().AtomRings())
+
+    # (strict: a string cut off at max_len, never ended, may be repaired into anything)
+    assert largest(model.sample(256, seed=1, strict=True)) <= 6
+    assert largest(model.sample(256, seed=1, strict=True, max_ring=0)) > 6  # the limit lifted
+    bad = dataclasses.replace(data_cfg, max_ring=0)
+    with pytest.raises(ValueError, match="data.max_ring=6"):
+        train_and_evaluate(bad, model_cfg, train_cfg, tmp_path / "x", None, config)
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(ValueError, match="max_ring"):
+        ModelConfig(max_ring=7)  # without the grammar
 
 
 def latent_z(model, n: int = 128) -> np.ndarray:

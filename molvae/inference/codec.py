@@ -81,7 +81,9 @@ class LatentCodec:
         self.vocab, self.max_len = vocab, max_len
         self.latent_dim = model.cfg.latent_dim
         self.grammar = (
-            gram.grammar_tables(vocab.tokens, vocab.eos_id) if model.cfg.grammar else None
+            gram.grammar_tables(vocab.tokens, vocab.eos_id, model.cfg.max_ring)
+            if model.cfg.grammar
+            else None
         )
 
     def to_selfies(self, smiles: str) -> Encoded:

@@ -150,6 +150,7 @@ class DecodingEngine:
             self.gen_graphdef = nnx.split(gen)[0]
         self._tables: dict[int, gram.GrammarTables] = {}
         self.grammar = model.cfg.grammar  # the default of decode's `grammar`
+        self.max_ring = model.cfg.max_ring  # ... and of its `max_ring` under the grammar
 
     def grammar_tables(self, max_ring: int = 0) -> gram.GrammarTables:
         """The vocabulary's tables for grammar-constrained decoding (models.grammar), ring
@@ -161,10 +162,13 @@ class DecodingEngine:
             )
         return self._tables[max_ring]
 
-    def _grammar(self, grammar: bool | None, max_ring: int) -> gram.GrammarTables | None:
-        """The tables decoding runs under: grammar None means as trained; max_ring > 0 implies
-        grammar."""
-        if (self.grammar if grammar is None else grammar) or max_ring:
+    def _grammar(self, grammar: bool | None, max_ring: int | None) -> gram.GrammarTables | None:
+        """The tables decoding runs under: grammar None means as trained, max_ring None the
+        trained limit under the grammar (0 without it); max_ring > 0 implies grammar."""
+        grammar = self.grammar if grammar is None else grammar
+        if max_ring is None:
+            max_ring = self.max_ring if grammar else 0
+        if grammar or max_ring:
             return self.grammar_tables(max_ring)
         return None
 
@@ -175,7 +179,7 @@ class DecodingEngine:
         temperature: float = 1.0,
         greedy: bool = True,
         grammar: bool | None = None,
-        max_ring: int = 0,
+        max_ring: int | None = None,
     ) -> np.ndarray:
         """Token ids (n, max_len + 1) for latents z (n, Z), in fixed-size jitted chunks."""
         out = list(self.iter_ids(z, seed, temperature, greedy, grammar, max_ring))
@@ -188,7 +192,7 @@ class DecodingEngine:
         temperature: float,
         greedy: bool,
         grammar: bool | None = None,
-        max_ring: int = 0,
+        max_ring: int | None = None,
     ):
         """Ids (CHUNK rows at a time, in order; the last block shorter) for latents z.
 
@@ -204,7 +208,7 @@ class DecodingEngine:
         (models.grammar), the decoder's distribution renormalised over them at each step (None:
         as the model was trained, ModelConfig.grammar). max_ring > 0: under the grammar, and
         no ring bond may close a ring of more atoms (models.grammar._near; MOSES's filters
-        reject rings of 8 or more), a constraint of sampling only."""
+        reject rings of 8 or more); 0: no limit; None: as trained (ModelConfig.max_ring)."""
         z = np.asarray(z, np.float32)
         if z.ndim != 2 or z.shape[1] != self.latent_dim:
             raise ValueError(f"latents must have shape (n, {self.latent_dim}), got {z.shape}")
@@ -264,7 +268,9 @@ class DecodingEngine:
             slots.mol[finished] = -1
             yield from chunks.ready()
 
-    def warm_up(self, greedy: bool = False, grammar: bool | None = None, max_ring: int = 0) -> None:
+    def warm_up(
+        self, greedy: bool = False, grammar: bool | None = None, max_ring: int | None = None
+    ) -> None:
         """Compile the decoder for every packed batch size now rather than on first use."""
         tables = self._grammar(grammar, max_ring)
         grammar = tables is not None
@@ -309,7 +315,7 @@ class DecodingEngine:
         greedy: bool = True,
         strict: bool = False,
         grammar: bool | None = None,
-        max_ring: int = 0,
+        max_ring: int | None = None,
     ) -> list[str]:
         """Canonical SMILES for latents z ('' where decoding fails; with strict, also where the
         SELFIES had to be repaired; with grammar and max_ring, see iter_ids). Large batches

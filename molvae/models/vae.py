@@ -37,6 +37,10 @@ class ModelConfig:
     # after which the SELFIES decoder needs no repair, in training, likelihoods and sampling.
     # Parameters are those of the unconstrained model (a run may branch from one).
     grammar: bool = False
+    # With grammar: ring bonds that would close a ring of more than max_ring atoms are masked
+    # too (models.grammar._near), in training, likelihoods and sampling (0: no limit). The
+    # training strings must be written so (data.max_ring <= max_ring).
+    max_ring: int = 0
 
     def __post_init__(self) -> None:
         for name in (
@@ -51,6 +55,11 @@ class ModelConfig:
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"model.{name} must be positive, got {getattr(self, name)}")
+        if self.max_ring and not (self.grammar and 3 <= self.max_ring <= 12):
+            raise ValueError(
+                f"model.max_ring must be 0 (no limit) or 3..12 with model.grammar=true, got "
+                f"{self.max_ring} (grammar={self.grammar})"
+            )
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"model.dtype must be float32 or bfloat16, got {self.dtype!r}")
         if self.decoder not in DECODERS:

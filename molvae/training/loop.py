@@ -276,6 +276,12 @@ def train_and_evaluate(
                 f"{list(data_cfg.property_columns)} nor a known property "
                 f"{sorted(chem.PROPERTIES)}"
             )
+    if model_cfg.max_ring and not 0 < data_cfg.max_ring <= model_cfg.max_ring:
+        raise ValueError(
+            f"model.max_ring={model_cfg.max_ring} trains under a ring-size mask, which "
+            "5-7% of canonical MOSES strings break: write the data small-ring-first with "
+            f"data.max_ring={model_cfg.max_ring} (got data.max_ring={data_cfg.max_ring})"
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     ds = data_mod.load_dataset(data_cfg)
     data_mod.write_report(ds, run_dir)
@@ -316,7 +322,9 @@ def train_and_evaluate(
     if resuming:
         old_cfg, *_ = folder.read_run_info(vocab_path.parent)
         if vocab_path.parent != run_dir:  # a branch may switch grammar-constrained decoding on
-            old_cfg = dataclasses.replace(old_cfg, grammar=model_cfg.grammar)
+            old_cfg = dataclasses.replace(
+                old_cfg, grammar=model_cfg.grammar, max_ring=model_cfg.max_ring
+            )
         if old_cfg != model_cfg:
             raise CheckpointError(
                 f"{vocab_path.parent} holds a run of another model ({old_cfg}); use a new run "
@@ -337,7 +345,11 @@ def train_and_evaluate(
             joint.property_table(ds.train, cfg.property_targets),
             joint.property_table(ds.test, cfg.property_targets)[val_rows],
         )
-    grammar = gram.grammar_tables(vocab.tokens, vocab.eos_id) if model_cfg.grammar else None
+    grammar = (
+        gram.grammar_tables(vocab.tokens, vocab.eos_id, model_cfg.max_ring)
+        if model_cfg.grammar
+        else None
+    )
     return train(
         model_cfg, cfg, train_arr, val_arr, run_dir, logger, properties=props, grammar=grammar
     )
