@@ -319,6 +319,13 @@ def test_a_model_trained_under_a_ring_limit_samples_under_it(tiny_run, tmp_path)
     # (strict: a string cut off at max_len, never ended, may be repaired into anything)
     assert largest(model.sample(256, seed=1, strict=True)) <= 6
     assert largest(model.sample(256, seed=1, strict=True, max_ring=0)) > 6  # the limit lifted
+    # likelihoods read molecules as the training data was written: a fused system whose
+    # canonical string closes its 9-atom outer ring first scores like the others, and a
+    # molecule with a larger ring than the limit cannot be read
+    ll = model.log_likelihood(["NCC(=O)c1noc2ccc(Br)cc12", "CC(=O)Nc1ccc(Br)cc1"], k=4)
+    assert np.all(np.isfinite(ll)) and abs(ll[0] - ll[1]) < 100
+    with pytest.raises(ValueError, match="max_ring=6"):
+        model.encode(["C1CCCCCCC1"])
     bad = dataclasses.replace(data_cfg, max_ring=0)
     with pytest.raises(ValueError, match="data.max_ring=6"):
         train_and_evaluate(bad, model_cfg, train_cfg, tmp_path / "x", None, config)

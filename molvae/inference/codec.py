@@ -85,18 +85,32 @@ class LatentCodec:
             if model.cfg.grammar
             else None
         )
+        self.max_ring = model.cfg.max_ring  # strings written small-ring-first, as in training
+
+    def _selfies(self, smiles: str) -> str | None:
+        """The SELFIES the model reads for a canonical SMILES (None if there is none)."""
+        if self.max_ring:
+            return chem.small_ring_selfies(smiles, self.max_ring)
+        return chem.smiles_to_selfies(smiles)
 
     def to_selfies(self, smiles: str) -> Encoded:
         """SELFIES of one molecule in this vocabulary, preprocessed as the training data was
-        (data.standardize: canonical SMILES, salts and mixtures under the `fragments` policy).
+        (data.standardize: canonical SMILES, salts and mixtures under the `fragments` policy;
+        for a model trained under model.max_ring, written small-ring-first as data.max_ring).
 
-        Raises ValueError for invalid SMILES (or a mixture under the 'reject' policy),
-        UnknownSymbolError (naming symbol and molecule) for symbols outside the vocabulary.
+        Raises ValueError for invalid SMILES (or a mixture under the 'reject' policy, or a ring
+        larger than the model's max_ring), UnknownSymbolError (naming symbol and molecule) for
+        symbols outside the vocabulary.
         """
         can, reason, stripped = data.standardize(smiles, self.fragments)
-        enc = chem.smiles_to_selfies(can) if not reason else None
+        enc = self._selfies(can) if not reason else None
         if enc is None:
             why = {"multiple_fragments": "a mixture (fragments='reject')"}.get(reason, "invalid")
+            if not reason and self.max_ring and chem.smiles_to_selfies(can):
+                raise ValueError(
+                    f"cannot encode molecule {smiles!r}: a ring of more than {self.max_ring} "
+                    f"atoms (the model was trained under max_ring={self.max_ring})"
+                )
             raise ValueError(f"cannot encode molecule {smiles!r}: {why} SMILES")
         try:
             self.vocab.encode(enc, smiles)
@@ -104,7 +118,7 @@ class LatentCodec:
         except UnknownSymbolError as unknown:
             # Models trained without stereochemistry (MOSES has none) still encode a chiral
             # input by its flat graph; anything else unknown is an error naming the symbol.
-            flat = chem.smiles_to_selfies(chem.canonical(can, isomeric=False) or "")
+            flat = self._selfies(chem.canonical(can, isomeric=False) or "")
             try:
                 self.vocab.encode(flat or "", smiles)
             except UnknownSymbolError:
