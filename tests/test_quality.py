@@ -124,6 +124,13 @@ def test_grammar_constrained_samples_are_scored_as_their_own_row(scored, tmp_pat
     assert got["recon"] == rec["recon"] and got["nll"] == rec["nll"]  # only sampling changes
     with pytest.raises(ValueError, match="@grammar"):
         quality.score_fixed(f"{run}@beam", PROTOCOL, tmp_path)
+    with pytest.raises(ValueError, match="@ringN"):
+        quality.score_fixed(f"{run}@ring2", PROTOCOL, tmp_path)
+    # @ringN: under the grammar with the ring-size limit, recorded in the row
+    ringed = quality.score_model(model, ref, HELD_OUT, n=200, seed=0, iw_k=2, max_ring=5)
+    assert ringed["max_ring"] == 5 and ringed["grammar"] is True and "max_ring" not in rec
+    ids5 = model.engine.decode_ids(z, 1, 1.0, greedy=False, max_ring=5)
+    assert ringed["sample_len"] == pytest.approx(((ids5 != 0).sum(1)).mean())
 
 
 def test_scaling_table_fit_and_figure(scored, tmp_path, monkeypatch, capsys):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -77,18 +78,22 @@ def score_model(
     iw_k: int = 16,
     n_jobs: int | None = None,
     grammar: bool | None = None,
+    max_ring: int | None = None,
 ) -> dict[str, Any]:
     """The protocol for one model: n prior samples at temperature 1, scored with the MOSES suite
     against `reference` both as sampled and with strict SELFIES decoding; greedy reconstruction
     of held_out molecules from their posterior means; their importance-weighted NLL bound.
-    grammar: sample with grammar-constrained decoding (None: as the model was trained)."""
-    grammar = model.engine.grammar if grammar is None else grammar
-    selfies, mean_len = _prior_samples(model, n, seed, grammar)
+    grammar: sample with grammar-constrained decoding (None: as the model was trained);
+    max_ring: under it, the ring-size limit (None: as trained; models.grammar)."""
+    grammar = (model.engine.grammar if grammar is None else grammar) or bool(max_ring)
+    selfies, mean_len = _prior_samples(model, n, seed, grammar, max_ring)
     smiles = chem.parallel_map(chem.selfies_to_smiles, selfies, n_jobs=n_jobs)
     with chemnet.memoized():  # the strict samples are a subset: one ChemNet pass for both
         out = metrics.evaluate(smiles, reference=reference, n_jobs=n_jobs)
         out.update(_strict_scores(selfies, smiles, reference, n_jobs))
     out["sample_len"], out["grammar"] = mean_len, bool(grammar)
+    if max_ring is not None or model.engine.max_ring:
+        out["max_ring"] = model.engine.max_ring if max_ring is None else max_ring
     held_out = [s for s, ok in zip(held_out, model.encodable(held_out), strict=True) if ok]
     if held_out:
         rec = model.reconstruct(list(held_out))
@@ -102,12 +107,14 @@ def score_model(
 
 
 def _prior_samples(
-    model, n: int, seed: int, grammar: bool | None = None
+    model, n: int, seed: int, grammar: bool | None = None, max_ring: int | None = None
 ) -> tuple[list[str], float]:
     """The protocol's n prior samples at temperature 1 (SELFIES) and their mean length in
     tokens, which identifies them when a score is revisited."""
     z = latent.prior(n, model.latent_dim, seed)
-    ids = model.engine.decode_ids(z, seed + 1, 1.0, greedy=False, grammar=grammar)
+    ids = model.engine.decode_ids(
+        z, seed + 1, 1.0, greedy=False, grammar=grammar, max_ring=max_ring
+    )
     return model.vocab.decode_selfies_batch(ids), float(np.mean([(r != 0).sum() for r in ids]))
 
 
@@ -130,7 +137,9 @@ def rescore_strict(
     STRICT_RULE on the same samples (redrawn from the protocol's seeds and checked against the
     recorded mean length); the old values stay in the row as roundtrip_strict_*."""
     protocol = rec["protocol"]
-    selfies, mean_len = _prior_samples(model, protocol["n"], protocol["seed"], rec.get("grammar"))
+    selfies, mean_len = _prior_samples(
+        model, protocol["n"], protocol["seed"], rec.get("grammar"), rec.get("max_ring")
+    )
     if "sample_len" in rec and not math.isclose(mean_len, rec["sample_len"], abs_tol=1e-6):
         raise RuntimeError(
             f"{rec['run']} step {rec['step']}: the redrawn samples differ from the scored ones "
@@ -327,11 +336,13 @@ def score_fixed(
 ) -> dict[str, Any]:
     """Score a finished model (a run folder or 'pretrained:NAME') once under `protocol`; cached
     in out/quality_fixed.jsonl. Its row has no CPU time or molecules seen. NAME@grammar: its
-    prior samples drawn with grammar-constrained decoding (models.grammar), a row of its own."""
+    prior samples drawn with grammar-constrained decoding (models.grammar), a row of its own;
+    NAME@ringN: the same with the ring-size limit max_ring=N (3..12)."""
 
     model_name, _, mode = name.partition("@")
-    if mode not in ("", "grammar"):
-        raise ValueError(f"{name}: the only decoding suffix is @grammar")
+    ring = re.fullmatch(r"ring(\d+)", mode)
+    if mode not in ("", "grammar") and not (ring and 3 <= int(ring[1]) <= 12):
+        raise ValueError(f"{name}: the decoding suffixes are @grammar and @ringN (N = 3..12)")
     path = Path(out) / "quality_fixed.jsonl"
     _update_strict(path, protocol, lambda rec: load(rec["run"].partition("@")[0]), runs={name})
     if path.exists():
@@ -348,7 +359,8 @@ def score_fixed(
         seed=protocol["seed"],
         iw_k=protocol["iw_k"],
         n_jobs=n_jobs,
-        grammar=True if mode == "grammar" else None,
+        grammar=True if mode else None,
+        max_ring=int(ring[1]) if ring else None,
     )
     rec = {"run": name, "step": -1, "cpu_s": math.nan, "mols_seen": math.nan}
     rec |= {"protocol": protocol, **scores}
