@@ -183,6 +183,8 @@ def test_single_run_experiments_compose_into_valid_configs(root, name):
         assert model.grammar and train.lr_schedule == "wsd" and train.lr_decay_shape == "sqrt"
         assert train.lr_decay_steps == 6000
         assert train.grammar_from_step == train.steps - train.lr_decay_steps
+    if name == "moses_ring7":  # strings written small-ring-first, trained under the same limit
+        assert data.max_ring == model.max_ring == 7 and model.grammar
     if name == "demo":  # the first report a user sees shows FCD, SNN, Frag, Scaf and Filters
         assert data.source == "moses_sample" and cfg.evaluate.reference == "moses_sample"
         assert cfg.evaluate.metrics == "all"
