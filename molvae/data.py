@@ -31,7 +31,7 @@ REASONS = (
     "selfies_encode_failed",
     "too_long",
     "duplicate",
-    "ring_too_large",  # data.max_ring: no string of the molecule keeps every ring that small
+    "ring_too_large",  # data.max_ring: no string of the molecule (<= max_len) keeps rings so small
 )
 # Rows of data_report.csv for molecules that were kept but changed (kept=True in the file).
 KEPT_REASONS = ("fragments_stripped",)
