@@ -313,7 +313,7 @@ def small_ring_selfies(smiles: str, max_ring: int, max_len: int | None = None) -
     if mol is None:
         return None
     if mol.GetRingInfo().NumRings() == 0:
-        return sf.encoder(Chem.MolToSmiles(mol))
+        return smiles_to_selfies(Chem.MolToSmiles(mol))
     if max(len(r) for r in mol.GetRingInfo().AtomRings()) > max_ring:
         return None
     candidates = [Chem.MolToSmiles(mol)]

@@ -273,5 +273,7 @@ def test_small_ring_selfies_rewrites_only_what_it_must():
     assert chem.small_ring_selfies("C1CCCCCCCCCCC1", 7) is None  # a ring of 12: no such string
     assert chem.small_ring_selfies("C1CCCCCCCCCCC1", 12) == chem.smiles_to_selfies("C1CCCCCCCCCCC1")
     assert chem.small_ring_selfies("not a molecule", 7) is None
+    assert chem.small_ring_selfies("FI(F)F", 7) is None  # SELFIES cannot encode it
+    assert chem.small_ring_selfies("FI1(F)CC1", 7) is None
     with pytest.raises(ValueError, match="repairs"):
         chem.ring_closures("[C][Ring1][C]")  # a ring onto nothing: repaired
