@@ -274,6 +274,9 @@ def _known(output, symbol: str):
     return output
 
 
+MAX_RING = 12  # the largest ring-size limit (data.max_ring, model.max_ring, sampling) taken
+
+
 def ring_closures(selfies: str) -> list[int]:
     """The size of the ring each ring bond of a SELFIES string closes when it is read, in
     reading order: one more than the distance between its two atoms over the chain bonds and

@@ -73,9 +73,10 @@ class DataConfig:
     max_ring: int = 0
 
     def __post_init__(self) -> None:
-        if self.max_ring and not 3 <= self.max_ring <= 12:
+        if self.max_ring and not 3 <= self.max_ring <= chem.MAX_RING:
             raise DataError(
-                f"data.max_ring must be 0 (canonical strings) or 3..12, got {self.max_ring}"
+                f"data.max_ring must be 0 (canonical strings) or 3..{chem.MAX_RING}, "
+                f"got {self.max_ring}"
             )
         if self.bpe_merges < 0:
             raise DataError(f"data.bpe_merges must be >= 0, got {self.bpe_merges}")

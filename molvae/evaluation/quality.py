@@ -341,8 +341,10 @@ def score_fixed(
 
     model_name, _, mode = name.partition("@")
     ring = re.fullmatch(r"ring(\d+)", mode)
-    if mode not in ("", "grammar") and not (ring and 3 <= int(ring[1]) <= 12):
-        raise ValueError(f"{name}: the decoding suffixes are @grammar and @ringN (N = 3..12)")
+    if mode not in ("", "grammar") and not (ring and 3 <= int(ring[1]) <= chem.MAX_RING):
+        raise ValueError(
+            f"{name}: the decoding suffixes are @grammar and @ringN (N = 3..{chem.MAX_RING})"
+        )
     path = Path(out) / "quality_fixed.jsonl"
     _update_strict(path, protocol, lambda rec: load(rec["run"].partition("@")[0]), runs={name})
     if path.exists():

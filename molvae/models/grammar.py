@@ -46,10 +46,11 @@ from selfies.grammar_rules import (
     process_ring_symbol,
 )
 
+from molvae.chem import MAX_RING
+
 DEPTH = 16  # branch nesting tracked; deeper branches are masked out
 RINGS = 8  # ring bonds tracked per atom (more than any bonding capacity SELFIES knows)
 NEVER, ATOM, BRANCH, RING, EOS = range(5)
-MAX_RING = 12  # the largest ring-size limit GrammarTables.max_ring takes
 _MAIN_END = 1 << 30  # the main chain has no symbol budget
 
 

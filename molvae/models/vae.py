@@ -55,9 +55,10 @@ class ModelConfig:
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"model.{name} must be positive, got {getattr(self, name)}")
-        if self.max_ring and not (self.grammar and 3 <= self.max_ring <= 12):
+        if self.max_ring and not (self.grammar and 3 <= self.max_ring <= gram.MAX_RING):
             raise ValueError(
-                f"model.max_ring must be 0 (no limit) or 3..12 with model.grammar=true, got "
+                f"model.max_ring must be 0 (no limit) or 3..{gram.MAX_RING} with "
+                f"model.grammar=true, got "
                 f"{self.max_ring} (grammar={self.grammar})"
             )
         if self.dtype not in ("float32", "bfloat16"):
