@@ -140,6 +140,7 @@ def test_wandb_logger_writes_an_offline_run_into_the_run_folder(root, tmp_path):
 # experiment -> the shipped model it makes
 SHIPPED_RECIPES = {
     "moses": "moses_512",
+    "moses_512_48k": "moses_512_48k",
     "moses_48k": "moses_48k",
     "moses_72k": "moses_72k",
     "moses_kl05": "moses",

@@ -16,10 +16,19 @@ _ASSETS = Path(__file__).parents[1] / "assets" / "pretrained"
 # moses: the first MOSES model (KL weight 0.5, cosine); moses_fb: KL weight 1 with free bits,
 # constant rate then a cool-down (issue "realistic molecules"); moses_grammar: its cool-down under
 # the grammar mask; moses_48k: experiment=moses_48k; moses_72k: experiment=moses_72k; moses_512:
-# experiment=moses (GRU 1 x 512), the best sampler; see each folder's README.md
+# experiment=moses (GRU 1 x 512); moses_512_48k: experiment=moses_512_48k, the same trained to
+# 48,000 steps, the best sampler; see each folder's README.md
 PRETRAINED = {
     name: _ASSETS / name
-    for name in ("moses", "moses_48k", "moses_512", "moses_72k", "moses_fb", "moses_grammar")
+    for name in (
+        "moses",
+        "moses_48k",
+        "moses_512",
+        "moses_512_48k",
+        "moses_72k",
+        "moses_fb",
+        "moses_grammar",
+    )
 }
 
 
