@@ -185,3 +185,39 @@ def test_scaling_table_fit_and_figure(scored, tmp_path, monkeypatch, capsys):
     (dirs[1] / "metrics.json").unlink()
     with pytest.raises(FileNotFoundError, match="r1: no metrics.json"):
         quality.scaling_table(dirs)
+
+
+def test_averaged_checkpoints_are_the_mean_of_their_parameters(tiny_run, tmp_path, monkeypatch):
+    """scripts/average_checkpoints.py: the model folder it writes loads with molvae.load and holds
+    the arithmetic mean of the chosen checkpoints' parameters."""
+    import shutil
+
+    import jax
+    from flax import nnx
+
+    from molvae.store import checkpoints
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    model = molvae.load(run, step=30)
+    state = nnx.state(model.model)
+    first = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model.model, nnx.Param)))
+    tripled = jax.tree.map(lambda x: x * 3 if x.dtype.kind == "f" else x, state)
+    with checkpoints.checkpoint_manager(run) as mngr:  # a second checkpoint: the params x 3
+        checkpoints.save_checkpoint(mngr, 60, (tripled,), {"step": 60, "cpu_s": 1.0})
+    script = runpy.run_path(str(ROOT / "scripts" / "average_checkpoints.py"))
+    assert script["parse_steps"]("30:60:30,90") == [30, 60, 90]
+    with pytest.raises(SystemExit, match=r"no checkpoint at steps \[90\]"):
+        script["average"](run, [30, 60, 90])
+    out = tmp_path / "avg"
+    monkeypatch.setattr(
+        sys, "argv", ["average_checkpoints.py", str(run), "30,60", "--out", str(out)]
+    )
+    script["main"]()
+    avg = molvae.load(out)
+    got = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(avg.model, nnx.Param)))
+    want = jax.tree.map(lambda x: 2 * x, first)
+    jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-7), got, want)
+    info = json.loads((out / "run.json").read_text())
+    assert info["averaged"]["steps"] == [30, 60] and info["averaged"]["cpu_s"] == 1.0
+    assert len(avg.sample(8, seed=0)) == 8
