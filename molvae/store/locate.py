@@ -17,7 +17,8 @@ _ASSETS = Path(__file__).parents[1] / "assets" / "pretrained"
 # constant rate then a cool-down (issue "realistic molecules"); moses_grammar: its cool-down under
 # the grammar mask; moses_48k: experiment=moses_48k; moses_72k: experiment=moses_72k; moses_512:
 # experiment=moses (GRU 1 x 512); moses_512_48k: experiment=moses_512_48k, the same trained to
-# 48,000 steps, the best sampler; see each folder's README.md
+# 48,000 steps; moses_512_72k: experiment=moses_512_72k, to 72,000 steps, the best sampler; see
+# each folder's README.md
 PRETRAINED = {
     name: _ASSETS / name
     for name in (
@@ -25,6 +26,7 @@ PRETRAINED = {
         "moses_48k",
         "moses_512",
         "moses_512_48k",
+        "moses_512_72k",
         "moses_72k",
         "moses_fb",
         "moses_grammar",
