@@ -51,10 +51,10 @@ def average(run_dir: Path, steps: list[int]) -> molvae.MolVAE:
         raise SystemExit(f"{run_dir}: no checkpoint at steps {missing}; have {sorted(have)}")
     total = None
     for step in steps:
-        params = nnx.state(molvae.load(run_dir, step=step).model, nnx.Param)
+        out = molvae.load(run_dir, step=step)  # the last one carries the mean
+        params = nnx.state(out.model, nnx.Param)
         leaves = jax.tree.map(lambda x: np.asarray(x, np.float64), params)
         total = leaves if total is None else jax.tree.map(np.add, total, leaves)
-    out = molvae.load(run_dir, step=steps[-1])
     mean = jax.tree.map(lambda x, ref: (x / len(steps)).astype(ref.dtype), total, params)
     nnx.update(out.model, mean)
     return out
