@@ -367,3 +367,68 @@ def test_data_report_lists_unknown_symbols_and_a_rerun_reports_its_final_metrics
     with pytest.raises(CheckpointError, match="another model"):
         other = tmp_path / "other"
         train_and_evaluate(dcfg, ModelConfig(**{**MODEL, "latent_dim": 8}), bcfg, other, log)
+
+
+def test_a_fine_tune_starts_from_a_models_final_parameters_and_skips_what_its_vocabulary_lacks(
+    tmp_path, caplog
+):
+    """train.init_from naming a model without checkpoints (an exported folder, or a shipped
+    'pretrained:NAME') fine-tunes it: its parameters and vocabulary, a fresh optimizer and this
+    run's own schedule from step 0. Training molecules the parent's vocabulary cannot write are
+    skipped and listed in data_report.csv (reason unknown_symbol), not a crash."""
+    import shutil
+
+    import pandas as pd
+    import selfies as sf
+
+    from molvae import data
+    from molvae.store.params import save_npz
+    from molvae.training import train_and_evaluate
+
+    own = tmp_path / "own.csv"
+    own.write_text("SMILES\n" + "\n".join(SMILES * 2) + "\n")
+    tcfg = TrainConfig(**{**TRAIN, "steps": 4, "eval_every": 4, "ckpt_every": 4, "batch_size": 4})
+    log = JsonlLogger(tmp_path / "m.jsonl")
+    dcfg = data.DataConfig(source="csv", path=str(own), test_fraction=0.25, max_len=40)
+    parent = train_and_evaluate(dcfg, ModelConfig(**MODEL), tcfg, tmp_path / "run", log)
+    model = tmp_path / "model"  # what scripts/export_pretrained.py ships: no checkpoints
+    model.mkdir()
+    for name in ("run.json", "vocab.json"):
+        shutil.copy(tmp_path / "run" / name, model / name)
+    save_npz(parent.model, model / "params.npz")
+
+    other = tmp_path / "other.csv"  # another chemistry: bromine and silicon are new symbols
+    extra = ["CCBr", "BrCCBr", "CC[Si](C)(C)C", "C[Si](C)(C)O", "BrC(Br)CO"]
+    other.write_text("SMILES\n" + "\n".join([*SMILES, *extra]) + "\n")
+    ocfg = data.DataConfig(source="csv", path=str(other), test_fraction=0.25, max_len=40)
+    # lr ~0: the fine-tune's parameters are the parent's, which a fresh start's are not
+    still = dataclasses.replace(tcfg, lr=1e-12, steps=2, init_from=str(model))
+    ft = tmp_path / "ft"
+    with caplog.at_level("INFO", logger="molvae.training.loop"):
+        res = train_and_evaluate(ocfg, ModelConfig(**MODEL), still, ft, JsonlLogger(ft / "m"))
+    assert "fine-tuning the parameters of" in caplog.text
+    assert res.step == 2 and (ft / "vocab.json").read_text() == (model / "vocab.json").read_text()
+    for x, y in zip(_params(parent.model), _params(res.model), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-6)
+    assert [json.loads(r)["step"] for r in (ft / "m").read_text().splitlines()][0] <= 2
+
+    ds = data.load_dataset(ocfg)
+    known = set(Vocab.load(model / "vocab.json").tokens)
+    lost = {
+        (split, s)
+        for split in ("train", "test")
+        for s, sel in zip(getattr(ds, split).smiles, getattr(ds, split).selfies, strict=True)
+        if not set(sf.split_selfies(sel)) <= known
+    }
+    assert {split for split, _ in lost} == {"train", "test"}, "the split put no new symbol in one"
+    report = pd.read_csv(ft / "data_report.csv", keep_default_na=False)
+    unknown = report[report["reason"] == "unknown_symbol"]
+    assert set(zip(unknown["split"], unknown["smiles"], strict=True)) == lost
+    assert "train molecules have symbols outside the run's vocabulary" in caplog.text
+
+    with pytest.raises(CheckpointError, match="init_step must be 0"):
+        bad = dataclasses.replace(still, init_step=3)
+        train_and_evaluate(ocfg, ModelConfig(**MODEL), bad, tmp_path / "bad", log)
+    with pytest.raises(ValueError, match="unknown pretrained model"):
+        bad = dataclasses.replace(still, init_from="pretrained:nope")
+        train_and_evaluate(ocfg, ModelConfig(**MODEL), bad, tmp_path / "bad2", log)

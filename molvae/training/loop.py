@@ -14,6 +14,7 @@ from typing import Any
 
 import jax
 import numpy as np
+import pandas as pd
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -28,7 +29,9 @@ from molvae.models.vae import VAE, ModelConfig
 from molvae.store import checkpoints as ckpts
 from molvae.store import folder
 from molvae.store.checkpoints import CheckpointError
-from molvae.store.names import CHECKPOINTS, METRICS_JSONL, RUN_FORMAT, VOCAB_JSON
+from molvae.store.locate import pretrained_name, run_folder
+from molvae.store.names import CHECKPOINTS, METRICS_JSONL, PARAMS_NPZ, RUN_FORMAT, VOCAB_JSON
+from molvae.store.params import load_npz
 from molvae.training import joint
 from molvae.training.batches import Batches
 from molvae.training.config import NonFiniteLossError, TrainConfig
@@ -73,10 +76,18 @@ class _Clock:
         return rate, now - self.t0
 
 
-def _initial_state(model_cfg: ModelConfig, cfg: TrainConfig, y_train: np.ndarray | None):
+def _initial_state(
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    y_train: np.ndarray | None,
+    params_from: Path | None = None,
+):
     """(graphdef, state, model): the model and its optimizer, plus, for joint training, the
-    predictor and its optimizer, split once so the jitted step takes plain state."""
+    predictor and its optimizer, split once so the jitted step takes plain state.
+    params_from: a params.npz whose values replace the fresh parameters (a fine-tune)."""
     model = VAE(model_cfg, rngs=nnx.Rngs(cfg.seed))
+    if params_from is not None:
+        load_npz(model, params_from)
     opt = nnx.Optimizer(model, make_tx(cfg), wrt=nnx.Param)
     n_params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
     log.info("model: %s parameters, %s", f"{n_params:,}", model_cfg)
@@ -118,6 +129,32 @@ def _check_properties(cfg: TrainConfig, n: int, properties) -> np.ndarray | None
             f"{len(cfg.property_targets)} targets {cfg.property_targets}"
         )
     return y_train
+
+
+def _parent(init_from: str) -> Path:
+    """The folder train.init_from names: a path, or a shipped model's ('pretrained:NAME')."""
+    return run_folder(init_from) if pretrained_name(init_from) else Path(init_from)
+
+
+def _parent_params(cfg: TrainConfig, run_dir: Path) -> Path | None:
+    """The params.npz a new run starts from when train.init_from names a model without
+    checkpoints (a shipped 'pretrained:NAME' or an exported folder): a fine-tune, which keeps
+    the parameters only (fresh optimizer, step 0, this run's own schedule). None otherwise."""
+    if not cfg.init_from or ckpts.checkpoint_steps(run_dir):
+        return None
+    parent = _parent(cfg.init_from)
+    if ckpts.checkpoint_steps(parent):
+        return None  # a branch: parameters, optimizer, step and metrics (_branch_from)
+    if not (parent / PARAMS_NPZ).exists():
+        raise CheckpointError(
+            f"train.init_from={cfg.init_from}: neither a checkpoint nor {PARAMS_NPZ} there"
+        )
+    if cfg.init_step:
+        raise CheckpointError(
+            f"train.init_from={cfg.init_from} holds final parameters only (no checkpoints): "
+            f"train.init_step must be 0, got {cfg.init_step}"
+        )
+    return parent / PARAMS_NPZ
 
 
 def _branch_from(parent: Path, step: int, state, run_dir: Path) -> dict[str, Any]:
@@ -169,18 +206,23 @@ def train(
         raise ValueError(f"train.batch_size {cfg.batch_size} must divide over {mesh.size} devices")
     data_sh = NamedSharding(mesh, P("data"))
 
-    graphdef, state, model = _initial_state(model_cfg, cfg, y_train)
+    params_from = _parent_params(cfg, run_dir)
+    graphdef, state, model = _initial_state(model_cfg, cfg, y_train, params_from)
     mngr = ckpts.checkpoint_manager(run_dir, cfg.keep_checkpoints)
     start, cpu_before = 0, 0.0  # cpu_before: CPU seconds spent by earlier runs of this folder
+    branched = False
     if (latest := mngr.latest_step()) is not None:
         meta = ckpts.restore_into(mngr, latest, state)
         start, cpu_before = int(meta["step"]), float(meta.get("cpu_s", 0.0))
         log.info("resumed from checkpoint at step %d", start)
+    elif params_from is not None:
+        log.info("fine-tuning the parameters of %s (fresh optimizer, step 0)", cfg.init_from)
     elif cfg.init_from:
-        meta = _branch_from(Path(cfg.init_from), cfg.init_step, state, run_dir)
+        meta = _branch_from(_parent(cfg.init_from), cfg.init_step, state, run_dir)
         start, cpu_before = int(meta["step"]), float(meta.get("cpu_s", 0.0))
+        branched = True
     # A resumed run rewrites the metrics logged after its checkpoint; a fresh one starts empty.
-    truncate_jsonl(run_dir / METRICS_JSONL, start if latest is not None or cfg.init_from else -1)
+    truncate_jsonl(run_dir / METRICS_JSONL, start if latest is not None or branched else -1)
     state = jax.device_put(state, state_sharding(state, mesh, cfg.param_sharding))
 
     make_step = make_joint_train_step if y_train is not None else make_train_step
@@ -287,8 +329,9 @@ def train_and_evaluate(
     data_mod.write_report(ds, run_dir)
     vocab_path = run_dir / VOCAB_JSON
     resuming = vocab_path.exists() and (run_dir / CHECKPOINTS).exists()
-    if cfg.init_from and not ckpts.checkpoint_steps(run_dir):  # a branch: the parent's vocabulary
-        parent = Path(cfg.init_from)
+    branch = bool(cfg.init_from) and not ckpts.checkpoint_steps(run_dir)
+    if branch:  # a branch or a fine-tune: the parent's vocabulary
+        parent = _parent(cfg.init_from)
         if not (parent / VOCAB_JSON).exists():
             raise CheckpointError(f"train.init_from={parent} is not a run folder (no {VOCAB_JSON})")
         vocab_path, resuming = parent / VOCAB_JSON, True
@@ -298,25 +341,54 @@ def train_and_evaluate(
         else Vocab.fit(ds.train.selfies, bpe_merges=data_cfg.bpe_merges)
     )
     max_len = data_cfg.max_len
-    train_arr = vocab.encode_batch(ds.train.selfies, max_len, ds.train.smiles)
-    # Test molecules with a symbol never seen in training cannot be scored: listed in the report.
-    keep, keep_rows, skipped = [], [], []
-    for i, (s, m) in enumerate(zip(ds.test.selfies, ds.test.smiles, strict=True)):
-        try:
-            vocab.encode(s, m)
-            keep.append(s)
-            keep_rows.append(i)
-        except UnknownSymbolError:
-            skipped.append(i)
-    if skipped:
-        unknown = data_mod.report_rows(ds, "test", skipped, "unknown_symbol")
-        data_mod.write_report(ds, run_dir, unknown)
-        log.warning(
-            "%d test molecules have symbols outside the training vocabulary; skipped in "
-            "validation, listed in %s (reason unknown_symbol)",
-            len(skipped),
-            run_dir / "data_report.csv",
+
+    def encodable(split: str) -> tuple[list[int], list[int]]:
+        """Rows of a split the vocabulary can encode, and those it cannot (unknown symbols)."""
+        part = getattr(ds, split)
+        ok, bad = [], []
+        for i, (s, m) in enumerate(zip(part.selfies, part.smiles, strict=True)):
+            try:
+                vocab.encode(s, m)
+                ok.append(i)
+            except UnknownSymbolError:
+                bad.append(i)
+        return ok, bad
+
+    # A vocabulary fitted here covers every training molecule; a parent's (a fine-tune on other
+    # data) may not: those molecules are skipped and listed in the report, like test ones.
+    train_rows, skipped = list(range(len(ds.train))), {}
+    try:
+        train_arr = vocab.encode_batch(ds.train.selfies, max_len, ds.train.smiles)
+    except UnknownSymbolError:
+        if not resuming:  # cannot happen: the vocabulary was fitted on these molecules
+            raise
+        train_rows, skipped["train"] = encodable("train")
+        train_arr = vocab.encode_batch(
+            [ds.train.selfies[i] for i in train_rows],
+            max_len,
+            [ds.train.smiles[i] for i in train_rows],
         )
+    keep_rows, skipped["test"] = encodable("test")
+    keep = [ds.test.selfies[i] for i in keep_rows]
+    if any(skipped.values()):
+        unknown = pd.concat(
+            [data_mod.report_rows(ds, split, rows, "unknown_symbol")
+             for split, rows in skipped.items() if rows],
+            ignore_index=True,
+        )  # fmt: skip
+        data_mod.write_report(ds, run_dir, unknown)
+        for split, rows in skipped.items():
+            if rows:
+                log.warning(
+                    "%d %s molecules have symbols outside the %s vocabulary; skipped, listed "
+                    "in %s (reason unknown_symbol)",
+                    len(rows),
+                    split,
+                    "training" if not resuming else "run's",
+                    run_dir / "data_report.csv",
+                )
+    if not train_rows:
+        raise ValueError("no training molecule can be written in the vocabulary")
     val_arr = vocab.encode_batch(keep, max_len)
     model_cfg = dataclasses.replace(model_cfg, vocab_size=len(vocab))
     if resuming:
@@ -342,7 +414,7 @@ def train_and_evaluate(
     if cfg.property_weight > 0:
         val_rows = keep_rows[: cfg.eval_size]
         props = (
-            joint.property_table(ds.train, cfg.property_targets),
+            joint.property_table(ds.train, cfg.property_targets)[train_rows],
             joint.property_table(ds.test, cfg.property_targets)[val_rows],
         )
     grammar = (
