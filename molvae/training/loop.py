@@ -363,6 +363,12 @@ def train_and_evaluate(
         if not resuming:  # cannot happen: the vocabulary was fitted on these molecules
             raise
         train_rows, skipped["train"] = encodable("train")
+        if not train_rows:
+            raise ValueError(
+                f"none of the {len(ds.train)} training molecules can be written in the "
+                f"vocabulary of {vocab_path.parent} (train.init_from): every one holds a symbol "
+                "it lacks"
+            ) from None
         train_arr = vocab.encode_batch(
             [ds.train.selfies[i] for i in train_rows],
             max_len,
@@ -387,8 +393,6 @@ def train_and_evaluate(
                     "training" if not resuming else "run's",
                     run_dir / "data_report.csv",
                 )
-    if not train_rows:
-        raise ValueError("no training molecule can be written in the vocabulary")
     val_arr = vocab.encode_batch(keep, max_len)
     model_cfg = dataclasses.replace(model_cfg, vocab_size=len(vocab))
     if resuming:
