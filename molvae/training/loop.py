@@ -356,7 +356,8 @@ def train_and_evaluate(
 
     # A vocabulary fitted here covers every training molecule; a parent's (a fine-tune on other
     # data) may not: those molecules are skipped and listed in the report, like test ones.
-    train_rows, skipped = list(range(len(ds.train))), {}
+    train_rows: list[int] | slice = slice(None)  # every one, unless some are skipped
+    skipped: dict[str, list[int]] = {}
     try:
         train_arr = vocab.encode_batch(ds.train.selfies, max_len, ds.train.smiles)
     except UnknownSymbolError:
