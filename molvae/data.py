@@ -71,6 +71,10 @@ class DataConfig:
     # first), the strings a decoder trained under model.max_ring=N must see. Molecules with no
     # such string (a larger ring) are dropped as ring_too_large.
     max_ring: int = 0
+    # A preprocessed dataset file (the .npz molvae writes under <cache_dir>/preprocessed/) read
+    # instead of the source: for a machine that has neither the source files nor a network.
+    # The file is trusted to match the other settings here; max_ring and bpe_merges still apply.
+    preprocessed: str | None = None
 
     def __post_init__(self) -> None:
         if self.max_ring and not 3 <= self.max_ring <= chem.MAX_RING:
@@ -604,11 +608,18 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     the files' contents, the settings and the RDKit/selfies versions.
     """
     t0 = time.perf_counter()
-    files = _source_files(cfg)
-    key = _cache_key(cfg, files)
-    path = fetch.cache_dir() / "preprocessed" / f"{key}.npz"
-    ds = _load_cache(path) if cfg.cache and path.exists() else None
-    hit = ds is not None
+    if cfg.preprocessed:
+        path = Path(cfg.preprocessed).expanduser()
+        ds = _load_cache(path) if path.is_file() else None
+        if ds is None:
+            raise DataError(f"data.preprocessed={cfg.preprocessed}: not a readable dataset file")
+        files, key, hit = {"preprocessed": path}, ds.stats.get("key", path.stem), True
+    else:
+        files = _source_files(cfg)
+        key = _cache_key(cfg, files)
+        path = fetch.cache_dir() / "preprocessed" / f"{key}.npz"
+        ds = _load_cache(path) if cfg.cache and path.exists() else None
+        hit = ds is not None
     if not hit:
         ds = _build(cfg, files)
         ds.stats.update(source=cfg.source, key=key, max_len=cfg.max_len)

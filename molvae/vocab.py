@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -16,6 +17,39 @@ PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
 SPECIALS = (PAD, BOS, EOS)
 FORMAT = "molvae-vocab-1"
 FORMAT_BPE = "molvae-vocab-2"  # with BPE merges
+
+
+_PLAIN_SYMBOL = re.compile(r"\[[^\[\]\s]*\]|\.")
+
+
+def _split_joined(selfies: Sequence[str]) -> tuple[list[str], set[str]] | None:
+    """Every string's symbols in order, each string closed by a "\\n", by whole-batch string
+    operations (~2x faster than symbol by symbol on MOSES's 1.6 M strings), and the set of
+    symbols. None if some string is not a plain run of bracketed symbols and dots (then
+    sf.split_selfies, which also reads other strings, decides)."""
+    joined = "\n".join(selfies) + "\n"
+    toks = joined.replace("]", "] ").replace(".", ". ").replace("\n", "\n ").split(" ")
+    toks.pop()  # the empty string after the last newline
+    kinds = set(toks) - {"\n"}
+    if toks.count("\n") != len(selfies) or not all(_PLAIN_SYMBOL.fullmatch(k) for k in kinds):
+        return None
+    if "." in kinds:  # sf.split_selfies reads a dot only right after a symbol
+        after = ["\n", *toks[:-1]]
+        if any(t == "." and a in (".", "\n") for t, a in zip(toks, after, strict=True)):
+            return None
+    return toks, kinds
+
+
+def split_all(selfies: Sequence[str]) -> tuple[list[str], np.ndarray] | None:
+    """The symbols of every string, in order, and each string's symbol count: what
+    sf.split_selfies gives string by string, or None where _split_joined declines."""
+    if not selfies:
+        return [], np.zeros(0, np.int64)
+    if (got := _split_joined(selfies)) is None:
+        return None
+    toks = got[0]
+    ends = np.flatnonzero(np.fromiter((t == "\n" for t in toks), bool, len(toks)))
+    return [t for t in toks if t != "\n"], np.diff(ends, prepend=-1) - 1
 
 
 class UnknownSymbolError(ValueError):
@@ -56,7 +90,8 @@ class Vocab:
         with bpe_merges > 0, that many byte-pair merges learned on a seeded sample of
         `bpe_sample` strings (Sennrich et al. 2016), their merged tokens added."""
         selfies = list(selfies)
-        alphabet = set(sf.get_alphabet_from_selfies(selfies))
+        split = _split_joined(selfies) if selfies else None
+        alphabet = split[1] if split else set(sf.get_alphabet_from_selfies(selfies))
         merges = learn_merges(selfies, bpe_merges, bpe_sample) if bpe_merges > 0 else ()
         merged = {a + b for a, b in merges}
         return cls(SPECIALS + tuple(sorted(alphabet | merged)), merges)
@@ -131,16 +166,22 @@ class Vocab:
         keeps a BPE vocabulary as fast as a plain one on the full MOSES training set.
         """
         index = self._index  # type: ignore[attr-defined]
-        flat: list[int] = []
-        counts = np.zeros(len(selfies), np.int64)
-        for i, s in enumerate(selfies):
-            syms = list(sf.split_selfies(s))
-            ids = [index.get(sym, -1) for sym in syms]
-            if min(ids, default=0) < len(SPECIALS):
-                self.encode(s, smiles[i] if smiles is not None else None)  # raises, naming it
-            flat.extend(ids)
-            counts[i] = len(ids)
-        ids = np.asarray(flat, np.int32)
+        split = _split_joined(selfies) if len(selfies) else None
+        if split is not None and split[1] <= {t for t, i in index.items() if i >= len(SPECIALS)}:
+            toks = split[0]  # the fast path: every symbol known
+            ids = np.fromiter(map({**index, "\n": -1}.__getitem__, toks), np.int32, len(toks))
+            ends = np.flatnonzero(ids < 0)
+            ids, counts = ids[ids >= 0], np.diff(ends, prepend=-1) - 1
+        else:  # string by string: names the first molecule with an unknown symbol
+            flat: list[int] = []
+            counts = np.zeros(len(selfies), np.int64)
+            for i, s in enumerate(selfies):
+                row = [index.get(sym, -1) for sym in sf.split_selfies(s)]
+                if min(row, default=0) < len(SPECIALS):
+                    self.encode(s, smiles[i] if smiles is not None else None)  # raises, naming it
+                flat.extend(row)
+                counts[i] = len(row)
+            ids = np.asarray(flat, np.int32)
         mol = np.repeat(np.arange(len(selfies)), counts)
         if self.merges:
             ids, mol = merge_ids(ids, mol, [(index[a], index[b], index[a + b])

@@ -253,6 +253,23 @@ def test_cache_hit(tmp_path, monkeypatch):
         _load(path, property_columns=("logp",), cache=False)
 
 
+def test_a_preprocessed_file_stands_in_for_the_source(tmp_path, monkeypatch):
+    """data.preprocessed reads a cache file copied from elsewhere: the same molecules, and no
+    source file is opened; a missing file is a clear error."""
+    path = _csv(tmp_path, MALFORMED)
+    first = _load(path, property_columns=("logp",))
+    (cached,) = (tmp_path / "cache" / "preprocessed").glob("*.npz")
+    copy = tmp_path / "elsewhere.npz"
+    copy.write_bytes(cached.read_bytes())
+    monkeypatch.setattr(data, "_source_files", lambda *a: pytest.fail("source opened"))
+    ds = load_dataset(DataConfig(source="csv", preprocessed=str(copy)))
+    assert ds.train.smiles == first.train.smiles and ds.test.selfies == first.test.selfies
+    pd.testing.assert_frame_equal(ds.train.properties, first.train.properties)
+    assert ds.stats["cache_hit"] is True and ds.stats["files"] == {"preprocessed": str(copy)}
+    with pytest.raises(DataError, match="data.preprocessed"):
+        load_dataset(DataConfig(source="csv", preprocessed=str(tmp_path / "gone.npz")))
+
+
 def test_bundled_sample_round_trips():
     ds = load_dataset(DataConfig(source="moses_sample"))
     assert {s: ds.stats[s]["kept"] for s in data.SPLITS} == {

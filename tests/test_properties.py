@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from molvae import chem
 from molvae.data import DataConfig, load_dataset
-from molvae.vocab import UnknownSymbolError, Vocab
+from molvae.vocab import UnknownSymbolError, Vocab, split_all
 
 ALPHABET = sorted(sf.get_semantic_robust_alphabet())
 SETTINGS = settings(
@@ -57,6 +57,47 @@ def test_vocabulary_round_trip_and_unknown_symbols(symbols, outsider):
         assert outsider in symbols
     except UnknownSymbolError as e:
         assert outsider in str(e) and "the-molecule" in str(e)
+
+
+selfies_like = st.lists(
+    st.one_of(st.sampled_from([*ALPHABET[:12], ".", "[C]", "[=Branch1]"]),
+              st.text(alphabet="[]C=.#1 \n", max_size=4)),  # malformed bits too
+    max_size=12,
+).map("".join)  # fmt: skip
+
+
+@SETTINGS
+@given(st.lists(selfies_like, max_size=6))
+def test_whole_batch_split_is_split_selfies_or_declines(strings):
+    """vocab.split_all, the fast path of Vocab.fit and encode_batch, gives sf.split_selfies's
+    symbols and counts for every string, or declines (None) and the exact path decides."""
+    got = split_all(strings)
+    if got is None:  # only where a string is not a plain run of symbols and dots
+        assert any(not _plain(s) for s in strings)
+        return
+    rows = [list(sf.split_selfies(s)) for s in strings]
+    assert got[0] == [sym for row in rows for sym in row]
+    assert got[1].tolist() == [len(row) for row in rows]
+
+
+def _plain(s: str) -> bool:
+    import re
+
+    return re.fullmatch(r"(\[[^\[\]\s]*\]\.?)*", s) is not None  # a dot right after a symbol
+
+
+@SETTINGS
+@given(st.lists(st.lists(st.sampled_from(ALPHABET[:15]), max_size=8).map("".join), min_size=1,
+                max_size=8), st.sampled_from(ALPHABET[15:]), st.integers(0, 7))  # fmt: skip
+def test_encode_batch_names_the_molecule_with_an_unknown_symbol(strings, outsider, at):
+    vocab = Vocab.fit(strings)
+    at %= len(strings)
+    bad = [s + outsider if i == at else s for i, s in enumerate(strings)]
+    names = [f"mol{i}" for i in range(len(strings))]
+    if outsider in vocab.tokens:
+        return
+    with pytest.raises(UnknownSymbolError, match=f"mol{at}'"):
+        vocab.encode_batch(bad, 40, names)
 
 
 @settings(

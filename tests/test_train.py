@@ -198,6 +198,54 @@ def test_cpu_budget_stops_with_a_checkpoint_and_a_resume_extends_it(arrays, tmp_
         TrainConfig(cpu_budget_s=-1)
 
 
+def test_plan_to_fit_keeps_the_cool_down_and_grammar_shares():
+    from molvae.training.loop import plan_to_fit
+
+    cfg = TrainConfig(steps=30_000, lr_schedule="wsd", lr_decay_steps=6_000,
+                      grammar_from_step=24_000)  # fmt: skip
+    got = plan_to_fit(cfg, step=320, rate=50.0, seconds_left=200.0)  # fits 10,000 more
+    assert (got.steps, got.lr_decay_steps, got.grammar_from_step) == (10_320, 2_064, 8_256)
+    assert plan_to_fit(cfg, 320, 500.0, 200.0) == cfg  # never lengthened
+    assert plan_to_fit(cfg, 25_000, 1.0, 10.0) == cfg  # cooling down already: left alone
+    tiny = plan_to_fit(cfg, 320, 1.0, -5.0)  # out of time: one more step, in the masked tail
+    assert tiny.steps == 321 and tiny.grammar_from_step == 321 and tiny.lr_decay_steps == 1
+    begun = plan_to_fit(dataclasses.replace(cfg, grammar_from_step=100), 320, 50.0, 200.0)
+    assert begun.grammar_from_step == 100  # a masked tail already begun stays
+
+
+def test_time_budget_plans_a_wsd_run_to_fit_and_a_resume_keeps_the_plan(
+    arrays, tmp_path, monkeypatch
+):
+    """train.time_budget_s: the run stops by its wall-clock budget; with wsd its length is cut,
+    after a timed probe, to what fits, the cool-down scaled with it, and the plan is saved in
+    the checkpoint so that a resume finishes the same schedule."""
+    from molvae.training import loop, lr_schedule
+
+    monkeypatch.setattr(loop, "PROBE_FROM", 5)
+    monkeypatch.setattr(loop, "PROBE_STEPS", 40)  # a tiny model: a short probe will do
+    vocab, (tokens, lengths) = arrays
+    mcfg = ModelConfig(vocab_size=len(vocab), **MODEL)
+    big = 10**6
+    cfg = TrainConfig(**{**TRAIN, "steps": big, "lr_schedule": "wsd", "lr_decay_steps": big // 5,
+                         "time_budget_s": 6.0, "ckpt_every": big, "log_every": 20})  # fmt: skip
+    val = (tokens[:16], lengths[:16])
+    log_path = tmp_path / "metrics.jsonl"
+    first = train(mcfg, cfg, (tokens, lengths), val, tmp_path, JsonlLogger(log_path))
+    (meta_file,) = (tmp_path / "checkpoints").glob("*/meta/metadata")
+    plan = json.loads(meta_file.read_text())["plan"]
+    assert 45 < plan["steps"] < big and first.step <= plan["steps"]
+    assert plan["lr_decay_steps"] == round(plan["steps"] / 5)
+    planned = dataclasses.replace(cfg, **plan)
+    recs = [json.loads(line) for line in log_path.read_text().splitlines()]
+    assert recs[-1]["step"] == first.step and "val_elbo" in recs[-1]
+    for r in recs:  # the rate logged is the planned schedule's, before and after the plan
+        assert r["lr"] == pytest.approx(float(lr_schedule(planned)(r["step"])))
+    again = train(mcfg, cfg, (tokens, lengths), val, tmp_path, JsonlLogger(log_path))
+    assert first.step <= again.step <= plan["steps"]
+    with pytest.raises(ValueError, match="time_budget_s"):
+        TrainConfig(time_budget_s=-1)
+
+
 def test_batches_cover_each_epoch_once_and_group_lengths():
     from molvae.training import Batches
 

@@ -124,6 +124,10 @@ def dataset_of_run(run_dir: Path) -> Dataset | None:
         return None
     known = set(DataConfig.__dataclass_fields__)
     data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known}
+    if (pre := data.get("preprocessed")) and not Path(pre).expanduser().is_file():
+        # trained from a copied file (data.preprocessed) elsewhere: the same molecules from here
+        log.info("data.preprocessed=%s is not here: reading the run's source instead", pre)
+        data["preprocessed"] = None
     return load_dataset(DataConfig(**data))
 
 

@@ -37,6 +37,13 @@ class TrainConfig:
     # Stop (with a checkpoint) once the run has used this much process CPU time, summed over
     # resumes; 0 = no limit. Quality studies compare arms at equal CPU time with it.
     cpu_budget_s: float = 0.0
+    # Wall seconds this process may train (compilation, validations and checkpoints counted);
+    # 0 = no limit. The run stops with a checkpoint when they are spent. With lr_schedule wsd the
+    # run is also planned to fit: after a few hundred timed steps, train.steps is cut to the steps
+    # the measured rate fits in what is left (never raised), and the cool-down (lr_decay_steps)
+    # and the grammar-masked tail (steps - grammar_from_step) keep their shares of the run. A
+    # resumed run keeps the plan its checkpoint holds.
+    time_budget_s: float = 0.0
     eval_every: int = 400
     eval_size: int = 1000
     log_every: int = 50
@@ -111,6 +118,8 @@ class TrainConfig:
             raise ValueError("train.kl_max and train.free_bits must be >= 0")
         if self.cpu_budget_s < 0:
             raise ValueError(f"train.cpu_budget_s must be >= 0, got {self.cpu_budget_s}")
+        if self.time_budget_s < 0:
+            raise ValueError(f"train.time_budget_s must be >= 0, got {self.time_budget_s}")
         if self.param_sharding not in ("replicated", "fsdp"):
             raise ValueError(
                 f"train.param_sharding must be replicated or fsdp: {self.param_sharding!r}"

@@ -98,6 +98,12 @@ def _initial_state(
     return (*nnx.split((model, opt, pred, popt)), model)
 
 
+def _synced_time(state) -> float:
+    """Wall time once every step dispatched so far has finished."""
+    jax.block_until_ready(state)
+    return time.perf_counter()
+
+
 def _flush(pending: list[dict[str, jax.Array]], step: int) -> dict[str, Any]:
     """Average the step metrics since the last log; stop on a non-finite loss."""
     got = jax.device_get(pending)
@@ -157,6 +163,45 @@ def _parent_params(cfg: TrainConfig, run_dir: Path) -> Path | None:
     return parent / PARAMS_NPZ
 
 
+# A timed run (train.time_budget_s) is planned once, after PROBE_STEPS steps timed from the
+# PROBE_FROM-th (compilation and the first steps' warm-up excluded).
+PROBE_FROM, PROBE_STEPS = 20, 300
+
+
+def plan_to_fit(cfg: TrainConfig, step: int, rate: float, seconds_left: float) -> TrainConfig:
+    """`cfg` with train.steps cut to what `rate` steps per second fit in `seconds_left` from
+    `step` (never raised, at least step + 1), the cool-down (lr_decay_steps) and the grammar-
+    masked tail (steps - grammar_from_step) keeping their shares of the run (a cool-down never
+    starting before `step`)."""
+    steps = min(cfg.steps, step + max(int(rate * seconds_left), 1))
+    if steps == cfg.steps or step >= cfg.steps - cfg.lr_decay_steps:  # or cooling down already
+        return cfg
+    decay = round(cfg.lr_decay_steps / cfg.steps * steps)
+    decay = min(max(decay, 1), steps - step) if cfg.lr_decay_steps else 0  # it starts ahead
+    gram = cfg.grammar_from_step
+    if gram > step:  # a tail not yet begun keeps its share; one begun stays as it is
+        gram = max(steps - round((cfg.steps - gram) / cfg.steps * steps), step + 1)
+    return dataclasses.replace(
+        cfg, steps=steps, lr_decay_steps=decay, grammar_from_step=min(gram, steps)
+    )
+
+
+def _plan_of(cfg: TrainConfig) -> dict[str, int]:
+    return {k: getattr(cfg, k) for k in ("steps", "lr_decay_steps", "grammar_from_step")}
+
+
+def _with_tx(graphdef, state, cfg: TrainConfig):
+    """The graph definition of the training state with optimizers built from `cfg` (the
+    schedule is static in it); the state itself is unchanged (same structure)."""
+    parts = list(nnx.merge(graphdef, state))
+    for i in range(1, len(parts), 2):  # (model, opt) or (model, opt, predictor, predictor_opt)
+        parts[i] = nnx.Optimizer(parts[i - 1], make_tx(cfg), wrt=nnx.Param)
+    new, new_state = nnx.split(tuple(parts))
+    if jax.tree.structure(new_state) != jax.tree.structure(state):
+        raise RuntimeError("re-planning the schedule changed the optimizer state's structure")
+    return new
+
+
 def _branch_from(parent: Path, step: int, state, run_dir: Path) -> dict[str, Any]:
     """Fill `state` from `parent`'s checkpoint `step` (0: its latest) and start this run's
     metrics with the parent's up to that step, so the learning curve is continuous."""
@@ -211,10 +256,15 @@ def train(
     mngr = ckpts.checkpoint_manager(run_dir, cfg.keep_checkpoints)
     start, cpu_before = 0, 0.0  # cpu_before: CPU seconds spent by earlier runs of this folder
     branched = False
+    planned = not (cfg.time_budget_s and cfg.lr_schedule == "wsd")  # nothing to plan
     if (latest := mngr.latest_step()) is not None:
         meta = ckpts.restore_into(mngr, latest, state)
         start, cpu_before = int(meta["step"]), float(meta.get("cpu_s", 0.0))
         log.info("resumed from checkpoint at step %d", start)
+        if plan := meta.get("plan"):  # a timed run's plan outlives it
+            cfg = dataclasses.replace(cfg, **plan)
+            graphdef, planned = _with_tx(graphdef, state, cfg), True
+            log.info("keeping the checkpoint's plan: %s", plan)
     elif params_from is not None:
         log.info("fine-tuning the parameters of %s (fresh optimizer, step 0)", cfg.init_from)
     elif cfg.init_from:
@@ -237,6 +287,8 @@ def train(
     meta_base = {"format": RUN_FORMAT, **(extra_meta or {})}
     clock = _Clock(cpu_before)
     lr = lr_schedule(cfg)
+    budget, t_begin, probe = cfg.time_budget_s, time.perf_counter(), 0.0
+    plan: dict[str, int] | None = _plan_of(cfg) if planned and cfg.time_budget_s else None
 
     history: list[dict[str, Any]] = []
     pending: list[dict[str, jax.Array]] = []
@@ -255,8 +307,31 @@ def train(
             step += 1
             clock.n_last += len(t)
             bar.update(1)
+            if not planned and step == start + PROBE_FROM:
+                probe = _synced_time(state)
+            elif not planned and step == start + PROBE_FROM + PROBE_STEPS:
+                now = _synced_time(state)
+                rate = PROBE_STEPS / (now - probe)
+                # held back: validations, checkpoints, the grammar step's compilation (as long
+                # as the first step's) and a margin of 10% for what the probe did not see
+                left = 0.9 * (budget - (now - t_begin) - (probe - t_begin))
+                new_cfg = plan_to_fit(cfg, step, rate, left)
+                planned, plan = True, _plan_of(new_cfg)
+                log.info("train.time_budget_s %.0f: %.1f steps/s, planned %d steps (was %d)",
+                         budget, rate, new_cfg.steps, cfg.steps)  # fmt: skip
+                if new_cfg != cfg:
+                    keep_free = free_step is not None and all(
+                        c.grammar_from_step <= c.steps - c.lr_decay_steps for c in (cfg, new_cfg)
+                    )  # the free phase is all constant-rate in both: its compiled step holds
+                    cfg, graphdef = new_cfg, _with_tx(graphdef, state, new_cfg)
+                    train_step = make_step(graphdef, cfg, grammar, max_len)
+                    if free_step is not None and not keep_free:
+                        free_step = make_step(graphdef, cfg, None, max_len)
+                    lr, bar.total = lr_schedule(cfg), cfg.steps
+                    bar.refresh()
             out_of_cpu = bool(cfg.cpu_budget_s) and clock.cpu_s() >= cfg.cpu_budget_s
-            last = step == cfg.steps or out_of_cpu
+            out_of_time = bool(budget) and time.perf_counter() - t_begin >= budget
+            last = step == cfg.steps or out_of_cpu or out_of_time
             is_ckpt = step % cfg.ckpt_every == 0 or last
             if step % cfg.log_every == 0 or is_ckpt or step % cfg.eval_every == 0:
                 rec = _flush(pending, step)
@@ -271,9 +346,15 @@ def train(
                                 mol_s=f"{rec['mol_per_s']:.0f}")  # fmt: skip
                 if is_ckpt:
                     meta = {"step": step, "cpu_s": rec["cpu_s"], "mols_seen": rec["mols_seen"]}
+                    if plan is not None:
+                        meta["plan"] = plan
                     ckpts.save_checkpoint(mngr, step, state, {**meta_base, **meta})
             if out_of_cpu:
                 log.info("train.cpu_budget_s %.0f reached at step %d", cfg.cpu_budget_s, step)
+                break
+            if out_of_time:
+                log.info("train.time_budget_s %.0f reached at step %d of %d", budget, step,
+                         cfg.steps)  # fmt: skip
                 break
     bar.close()
     model, _, *joint_parts = nnx.merge(graphdef, jax.device_get(state))
