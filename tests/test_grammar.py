@@ -382,3 +382,59 @@ def test_grammar_from_step_trains_unmasked_before_it_and_masked_after(tmp_path, 
         )
     with pytest.raises(ValueError, match="grammar_from_step must be >= 0"):
         TrainConfig(grammar_from_step=-1)
+
+
+def test_a_timed_run_replans_while_unmasked_and_masks_its_planned_tail(tmp_path, monkeypatch):
+    """train.time_budget_s with a grammar tail: the plan is made again every timed window while
+    the run is unmasked at a constant rate; the unmasked step is built (compiled) once, the
+    masked one takes over at the final plan's grammar_from_step, and the rates logged follow
+    the final plan."""
+    import json
+
+    from molvae.data import DataConfig
+    from molvae.loggers import JsonlLogger
+    from molvae.models.vae import ModelConfig
+    from molvae.training import TrainConfig, loop, lr_schedule, train_and_evaluate
+
+    calls, built = [], Counter()
+    make = loop.make_train_step
+
+    def spy(graphdef, cfg, grammar, max_len):
+        built[grammar is not None] += 1
+        step = make(graphdef, cfg, grammar, max_len)
+
+        def counted(*args):
+            calls.append(grammar is not None)
+            return step(*args)
+
+        return counted
+
+    monkeypatch.setattr(loop, "make_train_step", spy)
+    monkeypatch.setattr(loop, "PROBE_FROM", 5)
+    monkeypatch.setattr(loop, "PROBE_STEPS", 20)
+    clock = iter(np.arange(1e6) * 0.01)  # a machine on which each step takes 10 ms
+    monkeypatch.setattr(loop, "_now", lambda: float(next(clock)))
+    data_cfg = DataConfig(limit=200, max_len=40)
+    model_cfg = ModelConfig(embed_dim=16, enc_hidden=32, latent_dim=8, dec_hidden=32, grammar=True)
+    big = 10**6
+    train_cfg = TrainConfig(
+        steps=big, batch_size=16, log_every=10, eval_every=big, ckpt_every=big, eval_size=32,
+        warmup_steps=1, kl_warmup_steps=2, progress=False, lr_schedule="wsd",
+        lr_decay_steps=big // 5, grammar_from_step=big - big // 5, time_budget_s=4.0,
+    )  # fmt: skip
+    config = {"data": data_cfg.__dict__ | {"property_columns": []}}
+    out = tmp_path / "timed"
+    res = train_and_evaluate(
+        data_cfg, model_cfg, train_cfg, out, JsonlLogger(out / "metrics.jsonl"), config
+    )
+    (meta,) = (out / "checkpoints").glob("*/meta/metadata")
+    plan = json.loads(meta.read_text())["plan"]
+    assert 25 < plan["grammar_from_step"] < plan["steps"] < big and res.step <= plan["steps"]
+    assert plan["steps"] - plan["grammar_from_step"] == plan["lr_decay_steps"]
+    assert built[False] == 1 and built[True] > 2  # re-planned; the unmasked step never rebuilt
+    n_free = min(plan["grammar_from_step"], res.step)
+    assert calls == [False] * n_free + [True] * (res.step - n_free)
+    final = lr_schedule(dataclasses.replace(train_cfg, **plan))
+    for line in (out / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        assert rec["lr"] == pytest.approx(float(final(rec["step"])))

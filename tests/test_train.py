@@ -223,11 +223,13 @@ def test_time_budget_plans_a_wsd_run_to_fit_and_a_resume_keeps_the_plan(
 
     monkeypatch.setattr(loop, "PROBE_FROM", 5)
     monkeypatch.setattr(loop, "PROBE_STEPS", 40)  # a tiny model: a short probe will do
+    clock = iter(np.arange(1e6) * 0.01)  # a machine on which each step takes 10 ms
+    monkeypatch.setattr(loop, "_now", lambda: float(next(clock)))
     vocab, (tokens, lengths) = arrays
     mcfg = ModelConfig(vocab_size=len(vocab), **MODEL)
     big = 10**6
     cfg = TrainConfig(**{**TRAIN, "steps": big, "lr_schedule": "wsd", "lr_decay_steps": big // 5,
-                         "time_budget_s": 6.0, "ckpt_every": big, "log_every": 20})  # fmt: skip
+                         "time_budget_s": 3.0, "ckpt_every": big, "log_every": 20})  # fmt: skip
     val = (tokens[:16], lengths[:16])
     log_path = tmp_path / "metrics.jsonl"
     first = train(mcfg, cfg, (tokens, lengths), val, tmp_path, JsonlLogger(log_path))

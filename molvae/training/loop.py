@@ -98,10 +98,13 @@ def _initial_state(
     return (*nnx.split((model, opt, pred, popt)), model)
 
 
+_now = time.perf_counter  # the wall clock of train.time_budget_s (tests substitute their own)
+
+
 def _synced_time(state) -> float:
     """Wall time once every step dispatched so far has finished."""
     jax.block_until_ready(state)
-    return time.perf_counter()
+    return _now()
 
 
 def _flush(pending: list[dict[str, jax.Array]], step: int) -> dict[str, Any]:
@@ -163,8 +166,9 @@ def _parent_params(cfg: TrainConfig, run_dir: Path) -> Path | None:
     return parent / PARAMS_NPZ
 
 
-# A timed run (train.time_budget_s) is planned once, after PROBE_STEPS steps timed from the
-# PROBE_FROM-th (compilation and the first steps' warm-up excluded).
+# A timed run (train.time_budget_s with wsd) is planned from the steps timed from the
+# PROBE_FROM-th (compilation and the first steps' warm-up excluded) and planned again every
+# PROBE_STEPS steps until its cool-down is near: a slower or faster machine moves the plan.
 PROBE_FROM, PROBE_STEPS = 20, 300
 
 
@@ -184,6 +188,31 @@ def plan_to_fit(cfg: TrainConfig, step: int, rate: float, seconds_left: float) -
     return dataclasses.replace(
         cfg, steps=steps, lr_decay_steps=decay, grammar_from_step=min(gram, steps)
     )
+
+
+class _Planner:
+    """Times a run's steps at window ends and plans its length to fit train.time_budget_s."""
+
+    def __init__(self, cfg: TrainConfig, start: int, t_begin: float) -> None:
+        self.cfg0, self.start, self.t_begin = cfg, start, t_begin
+        self.marks: list[tuple[int, float]] = []  # (step, wall time) at window ends
+
+    def due(self, step: int) -> bool:
+        k = step - self.start - PROBE_FROM
+        return k >= 0 and k % PROBE_STEPS == 0
+
+    def plan(self, step: int, now: float) -> tuple[TrainConfig, float] | None:
+        """(the plan that fits, the rate it assumed), or None before a window was timed. The
+        rate is the lower of the whole run's and the last window's (validations and
+        checkpoints included); held back: the time to the first mark (compilation: the
+        grammar step's will take as long) and a margin of 10%."""
+        self.marks.append((step, now))
+        if len(self.marks) < 2:
+            return None
+        (s0, t0), (s1, t1) = self.marks[0], self.marks[-2]
+        rate = min((step - s0) / (now - t0), (step - s1) / (now - t1))
+        left = 0.9 * (self.cfg0.time_budget_s - (now - self.t_begin) - (t0 - self.t_begin))
+        return plan_to_fit(self.cfg0, step, rate, left), rate
 
 
 def _plan_of(cfg: TrainConfig) -> dict[str, int]:
@@ -257,6 +286,7 @@ def train(
     start, cpu_before = 0, 0.0  # cpu_before: CPU seconds spent by earlier runs of this folder
     branched = False
     planned = not (cfg.time_budget_s and cfg.lr_schedule == "wsd")  # nothing to plan
+    plan: dict[str, int] | None = None  # a timed run's plan, saved in its checkpoints
     if (latest := mngr.latest_step()) is not None:
         meta = ckpts.restore_into(mngr, latest, state)
         start, cpu_before = int(meta["step"]), float(meta.get("cpu_s", 0.0))
@@ -287,8 +317,8 @@ def train(
     meta_base = {"format": RUN_FORMAT, **(extra_meta or {})}
     clock = _Clock(cpu_before)
     lr = lr_schedule(cfg)
-    budget, t_begin, probe = cfg.time_budget_s, time.perf_counter(), 0.0
-    plan: dict[str, int] | None = _plan_of(cfg) if planned and cfg.time_budget_s else None
+    budget, t_begin = cfg.time_budget_s, _now()
+    planner = None if planned else _Planner(cfg, start, t_begin)
 
     history: list[dict[str, Any]] = []
     pending: list[dict[str, jax.Array]] = []
@@ -307,30 +337,38 @@ def train(
             step += 1
             clock.n_last += len(t)
             bar.update(1)
-            if not planned and step == start + PROBE_FROM:
-                probe = _synced_time(state)
-            elif not planned and step == start + PROBE_FROM + PROBE_STEPS:
-                now = _synced_time(state)
-                rate = PROBE_STEPS / (now - probe)
-                # held back: validations, checkpoints, the grammar step's compilation (as long
-                # as the first step's) and a margin of 10% for what the probe did not see
-                left = 0.9 * (budget - (now - t_begin) - (probe - t_begin))
-                new_cfg = plan_to_fit(cfg, step, rate, left)
-                planned, plan = True, _plan_of(new_cfg)
-                log.info("train.time_budget_s %.0f: %.1f steps/s, planned %d steps (was %d)",
-                         budget, rate, new_cfg.steps, cfg.steps)  # fmt: skip
-                if new_cfg != cfg:
-                    keep_free = free_step is not None and all(
-                        c.grammar_from_step <= c.steps - c.lr_decay_steps for c in (cfg, new_cfg)
-                    )  # the free phase is all constant-rate in both: its compiled step holds
-                    cfg, graphdef = new_cfg, _with_tx(graphdef, state, new_cfg)
-                    train_step = make_step(graphdef, cfg, grammar, max_len)
-                    if free_step is not None and not keep_free:
-                        free_step = make_step(graphdef, cfg, None, max_len)
-                    lr, bar.total = lr_schedule(cfg), cfg.steps
-                    bar.refresh()
+            if planner is not None and planner.due(step):
+                got = planner.plan(step, _synced_time(state))
+                if got is not None:
+                    new_cfg, rate = got
+                    # a free (unmasked) step running a constant rate in both plans is kept, and
+                    # the plan stays open; else this plan is final (the running step changes)
+                    keep_free = (
+                        free_step is not None
+                        and step < new_cfg.grammar_from_step
+                        and all(
+                            c.grammar_from_step <= c.steps - c.lr_decay_steps
+                            for c in (cfg, new_cfg)
+                        )
+                    )
+                    near = new_cfg.grammar_from_step, new_cfg.steps - new_cfg.lr_decay_steps
+                    final = not keep_free or min(near) <= step + PROBE_STEPS
+                    if new_cfg != cfg:
+                        cfg, graphdef = new_cfg, _with_tx(graphdef, state, new_cfg)
+                        train_step = make_step(graphdef, cfg, grammar, max_len)  # compiled on use
+                        if free_step is not None and not keep_free:
+                            free_step = make_step(graphdef, cfg, None, max_len)
+                        lr, bar.total = lr_schedule(cfg), cfg.steps
+                        bar.refresh()
+                    (log.info if plan is None or final else log.debug)(
+                        "train.time_budget_s %.0f: %.2f steps/s at step %d, %s plan: %s",
+                        budget, rate, step, "final" if final else "open", _plan_of(cfg),
+                    )  # fmt: skip
+                    plan = _plan_of(cfg)
+                    if final:
+                        planner = None
             out_of_cpu = bool(cfg.cpu_budget_s) and clock.cpu_s() >= cfg.cpu_budget_s
-            out_of_time = bool(budget) and time.perf_counter() - t_begin >= budget
+            out_of_time = bool(budget) and _now() - t_begin >= budget
             last = step == cfg.steps or out_of_cpu or out_of_time
             is_ckpt = step % cfg.ckpt_every == 0 or last
             if step % cfg.log_every == 0 or is_ckpt or step % cfg.eval_every == 0:
