@@ -628,7 +628,7 @@ def load_dataset(cfg: DataConfig) -> Dataset:
             _save_cache(ds, path)
     if cfg.max_ring:  # rewritten from the canonical strings, cached beside them
         ring_key = hashlib.sha256(f"{key}:max_ring={cfg.max_ring}:v1".encode()).hexdigest()
-        ring_path = path.with_name(f"{ring_key}.npz")
+        ring_path = fetch.cache_dir() / "preprocessed" / f"{ring_key}.npz"  # writable
         small = _load_cache(ring_path) if cfg.cache and ring_path.exists() else None
         hit = hit and small is not None
         if small is None:

@@ -25,8 +25,8 @@ _PLAIN_SYMBOL = re.compile(r"\[[^\[\]\s]*\]|\.")
 def _split_joined(selfies: Sequence[str]) -> tuple[list[str], set[str]] | None:
     """Every string's symbols in order, each string closed by a "\\n", by whole-batch string
     operations (~2x faster than symbol by symbol on MOSES's 1.6 M strings), and the set of
-    symbols. None if some string is not a plain run of bracketed symbols and dots (then
-    sf.split_selfies, which also reads other strings, decides)."""
+    symbols. None if some string is not a plain run of bracketed symbols and dots: then
+    sf.split_selfies, string by string, decides how it reads."""
     joined = "\n".join(selfies) + "\n"
     toks = joined.replace("]", "] ").replace(".", ". ").replace("\n", "\n ").split(" ")
     toks.pop()  # the empty string after the last newline
