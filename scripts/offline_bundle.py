@@ -47,7 +47,7 @@ def slim_dataset(out: Path) -> Path:
     return target
 
 
-def wheels(names: list[str], dest: Path, python_version: str) -> None:
+def wheels(names: list[str], dest: Path, python_version: str, antlr: bool = False) -> None:
     """Binary wheels of this environment's versions of `names` for `python_version`, no deps."""
     dest.mkdir(parents=True, exist_ok=True)
     pins = [f"{n}=={md.version(n)}" for n in names]
@@ -55,10 +55,10 @@ def wheels(names: list[str], dest: Path, python_version: str) -> None:
     base = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(dest)]
     subprocess.run([*base, "--only-binary=:all:", "--python-version", python_version,
                     "--implementation", "cp", *plat, *pins], check=True)  # fmt: skip
-    # OmegaConf's parser runtime is published as a source archive only: build its pure wheel
-    antlr = f"antlr4-python3-runtime=={md.version('antlr4-python3-runtime')}"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dest),
-                    antlr], check=True)  # fmt: skip
+    if antlr:  # OmegaConf's parser runtime is a source archive only: build its pure wheel
+        pin = f"antlr4-python3-runtime=={md.version('antlr4-python3-runtime')}"
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dest),
+                        pin], check=True)  # fmt: skip
 
 
 def main() -> None:
@@ -70,11 +70,9 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    wheels(list(NEEDED), out / "wheels", args.python_version)
+    wheels(list(NEEDED), out / "wheels", args.python_version, antlr=True)
     if args.jax_stack:
         wheels(list(JAX_STACK), out / "fallback", args.python_version)
-        for extra in (out / "fallback").glob("antlr4*"):
-            extra.unlink()
     if not args.no_data:
         print("dataset:", slim_dataset(out))
     for p in sorted(out.rglob("*")):

@@ -340,19 +340,17 @@ def latent_z(model, n: int = 128) -> np.ndarray:
     return latent.prior(n, model.latent_dim, seed=0)
 
 
-def test_grammar_from_step_trains_unmasked_before_it_and_masked_after(tmp_path, monkeypatch):
-    """train.grammar_from_step: the masked cool-down as one run. The steps before it use the
-    unmasked step function, the ones from it the masked one; without model.grammar it is an
-    error."""
-    from molvae.data import DataConfig
-    from molvae.loggers import JsonlLogger
-    from molvae.models.vae import ModelConfig
-    from molvae.training import TrainConfig, loop, train_and_evaluate
+def _spy_on_steps(monkeypatch) -> tuple[list[bool], Counter]:
+    """Record, per training step run, whether it was the masked step function, and count the
+    step functions built (masked: True)."""
+    from molvae.training import loop
 
-    calls = []
+    calls: list[bool] = []
+    built: Counter = Counter()
     make = loop.make_train_step
 
     def spy(graphdef, cfg, grammar, max_len):
+        built[grammar is not None] += 1
         step = make(graphdef, cfg, grammar, max_len)
 
         def counted(*args):
@@ -362,6 +360,19 @@ def test_grammar_from_step_trains_unmasked_before_it_and_masked_after(tmp_path, 
         return counted
 
     monkeypatch.setattr(loop, "make_train_step", spy)
+    return calls, built
+
+
+def test_grammar_from_step_trains_unmasked_before_it_and_masked_after(tmp_path, monkeypatch):
+    """train.grammar_from_step: the masked cool-down as one run. The steps before it use the
+    unmasked step function, the ones from it the masked one; without model.grammar it is an
+    error."""
+    from molvae.data import DataConfig
+    from molvae.loggers import JsonlLogger
+    from molvae.models.vae import ModelConfig
+    from molvae.training import TrainConfig, train_and_evaluate
+
+    calls, _ = _spy_on_steps(monkeypatch)
     data_cfg = DataConfig(limit=200, max_len=40)
     model_cfg = ModelConfig(embed_dim=16, enc_hidden=32, latent_dim=8, dec_hidden=32, grammar=True)
     train_cfg = TrainConfig(
@@ -396,20 +407,7 @@ def test_a_timed_run_replans_while_unmasked_and_masks_its_planned_tail(tmp_path,
     from molvae.models.vae import ModelConfig
     from molvae.training import TrainConfig, loop, lr_schedule, train_and_evaluate
 
-    calls, built = [], Counter()
-    make = loop.make_train_step
-
-    def spy(graphdef, cfg, grammar, max_len):
-        built[grammar is not None] += 1
-        step = make(graphdef, cfg, grammar, max_len)
-
-        def counted(*args):
-            calls.append(grammar is not None)
-            return step(*args)
-
-        return counted
-
-    monkeypatch.setattr(loop, "make_train_step", spy)
+    calls, built = _spy_on_steps(monkeypatch)
     monkeypatch.setattr(loop, "PROBE_FROM", 5)
     monkeypatch.setattr(loop, "PROBE_STEPS", 20)
     clock = iter(np.arange(1e6) * 0.01)  # a machine on which each step takes 10 ms
