@@ -291,9 +291,10 @@ def test_strict_sampling_blanks_exactly_the_repaired_samples(model):
     assert all(s == le for s, le in zip(strict, lenient, strict=True) if s)
 
 
-def test_transformer_decoder_runs_through_the_continuous_batching_engine(tiny_run):
+@pytest.mark.parametrize("decoder", ["transformer", "lstm"])
+def test_decoders_run_through_the_continuous_batching_engine(tiny_run, decoder):
     """The decoding engine (slots refilled between segments, rows at different positions) gives
-    a Transformer decoder's ids of one full scan per chunk, as it does for the GRU."""
+    a Transformer's or an LSTM's ids of one full scan per chunk, as it does for the GRU."""
     import dataclasses
 
     import jax
@@ -303,7 +304,7 @@ def test_transformer_decoder_runs_through_the_continuous_batching_engine(tiny_ru
     from molvae.models.vae import VAE
 
     cfg, vocab, max_len, _ = folder.read_run_info(tiny_run)
-    cfg = dataclasses.replace(cfg, decoder="transformer", dec_layers=2, dec_heads=2)
+    cfg = dataclasses.replace(cfg, decoder=decoder, dec_layers=2, dec_heads=2)
     dec = engine.DecodingEngine(VAE(cfg, rngs=nnx.Rngs(3)), vocab, max_len)
     C = engine.CHUNK
     z = latent.prior(C + 37, cfg.latent_dim, seed=5)

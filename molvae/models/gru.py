@@ -16,6 +16,8 @@ class GRU(nnx.Module):
     h @ W_h stays inside `lax.scan`. That is where a recurrent net spends its FLOPs on CPU/GPU.
     """
 
+    gates = 3  # the projection is (..., 3H)
+
     def __init__(
         self, in_features: int, hidden: int, *, dtype: str = "float32", rngs: nnx.Rngs
     ) -> None:
@@ -37,6 +39,16 @@ class GRU(nnx.Module):
     def step(self, xp: jax.Array, h: jax.Array) -> jax.Array:
         """One recurrence from a projected input: (B, 3H), (B, H) -> (B, H)."""
         return _gru_step(xp, h, self.wh[...], self.bh[...], self.dtype)
+
+    @staticmethod
+    def output(state: jax.Array) -> jax.Array:
+        """What the layer emits from its state: the state itself."""
+        return state
+
+    @staticmethod
+    def start(h: jax.Array) -> jax.Array:
+        """The state a decoder starts from given h0."""
+        return h
 
     def __call__(
         self,

@@ -11,9 +11,10 @@ from flax import nnx
 
 from molvae.models import grammar as gram
 from molvae.models.gru import GRU, reverse_padded
+from molvae.models.lstm import LSTM
 from molvae.models.transformer import TransformerDecoder
 
-DECODERS = ("gru", "transformer")
+DECODERS = ("gru", "lstm", "transformer")
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class ModelConfig:
     dec_hidden: int = 256
     dec_layers: int = 1
     dtype: str = "float32"  # operand type of the GRU matmuls (float32 or bfloat16; f32 sums)
-    decoder: str = "gru"  # gru | transformer (dec_hidden wide, dec_layers blocks)
+    decoder: str = "gru"  # gru | lstm | transformer (dec_hidden wide, dec_layers layers/blocks)
     dec_heads: int = 4  # transformer: attention heads
     dec_ff_mult: int = 4  # transformer: MLP width as a multiple of dec_hidden
     # Grammar-constrained decoding (models.grammar): the decoder's softmax is over the tokens
@@ -108,25 +109,29 @@ class Encoder(nnx.Module):
 
 
 class Decoder(nnx.Module):
-    """GRU stack conditioned on z: z sets the initial states and is fed at every step."""
+    """Recurrent stack (GRU, or LSTM with model.decoder=lstm) conditioned on z: z sets the
+    initial states (an LSTM's cells start empty) and is fed at every step."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
+        cell = LSTM if cfg.decoder == "lstm" else GRU
         self.embed = nnx.Embed(cfg.vocab_size, cfg.embed_dim, rngs=rngs)
         self.z_to_h = nnx.Linear(cfg.latent_dim, cfg.dec_hidden * cfg.dec_layers, rngs=rngs)
         # Layer 0's input is [embedding, z]; z's part of the projection is constant over time.
-        self.z_to_in = nnx.Linear(cfg.latent_dim, 3 * cfg.dec_hidden, use_bias=False, rngs=rngs)
+        self.z_to_in = nnx.Linear(
+            cfg.latent_dim, cell.gates * cfg.dec_hidden, use_bias=False, rngs=rngs
+        )
         ins = [cfg.embed_dim] + [cfg.dec_hidden] * (cfg.dec_layers - 1)
-        self.layers = nnx.List([GRU(d, cfg.dec_hidden, dtype=cfg.dtype, rngs=rngs) for d in ins])
+        self.layers = nnx.List([cell(d, cfg.dec_hidden, dtype=cfg.dtype, rngs=rngs) for d in ins])
         self.out = nnx.Linear(cfg.dec_hidden, cfg.vocab_size, rngs=rngs)
 
-    def initial_state(
-        self, z: jax.Array, length: int | None = None
-    ) -> tuple[jax.Array, list[jax.Array]]:
-        """Per-layer initial states (list of (B, H)) and the z input projection (B, 3H).
-        length (the positions to decode) matters to the Transformer's cache only."""
+    def initial_state(self, z: jax.Array, length: int | None = None) -> tuple[jax.Array, list]:
+        """Per-layer initial states (a list of (B, H), or of (h, c) pairs for an LSTM) and the z
+        input projection (B, gates * H). length (the positions to decode) matters to the
+        Transformer's cache only."""
         h = jnp.tanh(self.z_to_h(z))
-        return self.z_to_in(z), list(jnp.split(h, self.cfg.dec_layers, axis=-1))
+        hs = jnp.split(h, self.cfg.dec_layers, axis=-1)
+        return self.z_to_in(z), [layer.start(hi) for layer, hi in zip(self.layers, hs, strict=True)]
 
     def __call__(self, z: jax.Array, tokens_in: jax.Array) -> jax.Array:
         """Teacher forcing: logits (B, L, V) for inputs tokens_in (B, L) = [bos, symbols...]."""
@@ -137,26 +142,27 @@ class Decoder(nnx.Module):
         return self.out(x)
 
     def input_table(self) -> jax.Array:
-        """Layer 0's projected input for every symbol (V, 3H): a lookup replaces a matmul."""
+        """Layer 0's projected input for every symbol (V, gates * H): a lookup, not a matmul."""
         return self.layers[0].project(self.embed.embedding[...])
 
     def step(
         self,
         token: jax.Array,
         zin: jax.Array,
-        hs: list[jax.Array],
+        hs: list,
         table: jax.Array | None = None,
         t: jax.Array | None = None,
-    ) -> tuple[jax.Array, list[jax.Array]]:
+    ) -> tuple[jax.Array, list]:
         """One decoding step: token (B,) -> logits (B, V) and the new per-layer states.
         `table` is input_table(), computed once per decode rather than per step; the position
-        t is the Transformer's business, not the GRU's."""
+        t is the Transformer's business, not the recurrent one's."""
         table = self.input_table() if table is None else table
         x, new = None, []
         for i, layer in enumerate(self.layers):
             xp = table[token] + zin if i == 0 else layer.project(x)
-            x = layer.step(xp, hs[i])
-            new.append(x)
+            state = layer.step(xp, hs[i])
+            new.append(state)
+            x = layer.output(state)
         return self.out(x), new
 
 

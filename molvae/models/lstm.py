@@ -1,0 +1,173 @@
+"""An LSTM layer with the GRU layer's layout (molvae.models.gru): the input projection hoisted
+out of the recurrent scan, a hand-written backward pass, the same interface with a state that is
+the pair (h, c)."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from molvae.models.gru import _mm, dense, prefetch_scan
+
+State = tuple[jax.Array, jax.Array]  # (h, c), each (B, H)
+
+
+class LSTM(nnx.Module):
+    """Long short-term memory over a whole sequence (PyTorch/cuDNN gate order i, f, g, o).
+
+    As in molvae.models.gru.GRU, x @ W_i for all time steps is one matmul and only h @ W_h stays
+    inside `lax.scan`; the backward pass keeps one matmul per reverse step and computes the
+    recurrent weight gradient as one matmul over all steps. The forget gate's bias starts at 1
+    (Jozefowicz et al. 2015), so early on the cell carries its memory.
+    """
+
+    gates = 4  # the projection is (..., 4H)
+
+    def __init__(
+        self, in_features: int, hidden: int, *, dtype: str = "float32", rngs: nnx.Rngs
+    ) -> None:
+        """dtype: operand type of the matmuls (float32 or bfloat16); sums and states float32."""
+        self.hidden, self.dtype = hidden, dtype
+        self.wi = nnx.Linear(in_features, 4 * hidden, rngs=rngs)
+        ortho = nnx.initializers.orthogonal()
+        wh = jnp.concatenate([ortho(rngs.params(), (hidden, hidden)) for _ in range(4)], axis=1)
+        self.wh = nnx.Param(wh)
+        self.bh = nnx.Param(jnp.zeros((4 * hidden,)).at[hidden : 2 * hidden].set(1.0))
+
+    def project(self, x: jax.Array) -> jax.Array:
+        """Input projection, hoistable: (..., D) -> (..., 4H) in float32."""
+        return dense(x, self.wi.kernel[...], self.dtype) + self.wi.bias[...]
+
+    def step(self, xp: jax.Array, state: State) -> State:
+        """One recurrence from a projected input: (B, 4H), (h, c) -> (h, c)."""
+        return _cell(xp, *state, self.wh[...], self.bh[...], self.dtype)[:2]
+
+    @staticmethod
+    def output(state: State) -> jax.Array:
+        """What the layer emits from its state: h."""
+        return state[0]
+
+    @staticmethod
+    def start(h: jax.Array) -> State:
+        """The state a decoder starts from given h0: the cell starts empty."""
+        return h, jnp.zeros_like(h)
+
+    def __call__(
+        self,
+        x: jax.Array,
+        state0: State,
+        mask: jax.Array | None = None,
+        extra: jax.Array | None = None,
+    ) -> tuple[jax.Array, State]:
+        """Run over x (B, L, D) from state0; returns outputs h (B, L, H) and the final state.
+        mask (B, L): where False the state is carried unchanged. extra (B, 4H) is added to every
+        step's projected input."""
+        xp = self.project(x)
+        if extra is not None:
+            xp = xp + extra[:, None, :]
+        if mask is None:
+            mask = jnp.ones(x.shape[:2], bool)
+        ys, last = lstm_scan(
+            jnp.swapaxes(xp, 0, 1),
+            state0,
+            jnp.swapaxes(mask, 0, 1),
+            self.wh[...],
+            self.bh[...],
+            self.dtype,
+        )
+        return jnp.swapaxes(ys, 0, 1), last
+
+
+def lstm_scan(
+    xp: jax.Array,
+    state0: State,
+    mask: jax.Array,
+    wh: jax.Array,
+    bh: jax.Array,
+    dtype: str = "float32",
+) -> tuple[jax.Array, State]:
+    """The recurrence over time-major inputs: xp (L, B, 4H), state0 (h0, c0) each (B, H), mask
+    (L, B) (False: state carried unchanged) -> outputs h (L, B, H) and the final (h, c)."""
+    f32 = jnp.float32
+    h0, c0 = state0
+    return _lstm_scan(xp.astype(f32), h0.astype(f32), c0.astype(f32), mask, wh, bh, dtype)
+
+
+def _cell(xp, h, c, wh, bh, dtype):
+    """The LSTM cell (the one copy of its gate math): (h, c) and the gates (i, f, g, o, tanh c)
+    that the backward pass reuses."""
+    a = xp + _mm(h, wh, dtype) + bh
+    ai, af, ag, ao = jnp.split(a, 4, axis=-1)
+    i, f, o = jax.nn.sigmoid(ai), jax.nn.sigmoid(af), jax.nn.sigmoid(ao)
+    g = jnp.tanh(ag)
+    c_new = f * c + i * g
+    tc = jnp.tanh(c_new)
+    return o * tc, c_new, (i, f, g, o, tc)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _lstm_scan(xp, h0, c0, mask, wh, bh, dtype):
+    ys, cs, h_last, c_last, _ = _lstm_forward(xp, h0, c0, mask, wh, bh, dtype)
+    return ys, (h_last, c_last)
+
+
+def _lstm_forward(xp, h0, c0, mask, wh, bh, dtype):
+    wh = wh.astype(dtype)  # cast once, not at every step
+
+    def body(hc, inputs):
+        h, c = hc
+        xp_t, m_t = inputs
+        h_new, c_new, gates = _cell(xp_t, h, c, wh, bh, dtype)
+        m = m_t[:, None]
+        h_new, c_new = jnp.where(m, h_new, h), jnp.where(m, c_new, c)
+        return (h_new, c_new), (h_new, c_new, gates)
+
+    (h_last, c_last), (ys, cs, gates) = prefetch_scan(body, (h0, c0), (xp, mask))
+    return ys, cs, h_last, c_last, gates
+
+
+def _lstm_fwd(xp, h0, c0, mask, wh, bh, dtype):
+    ys, cs, h_last, c_last, gates = _lstm_forward(xp, h0, c0, mask, wh, bh, dtype)
+    h_prev = jnp.concatenate([h0[None], ys[:-1]])  # the state each step started from
+    c_prev = jnp.concatenate([c0[None], cs[:-1]])
+    return (ys, (h_last, c_last)), (h_prev, c_prev, gates, mask, wh)
+
+
+def _lstm_bwd(dtype, saved, cotangents):
+    h_prev, c_prev, (i, f, g, o, tc), mask, wh = saved
+    dys, (dh_last, dc_last) = cotangents
+    wh_t = wh.T.astype(dtype)  # cast once, not at every step
+
+    def body(carry, inputs):
+        dh, dc = carry
+        dy_t, m_t, c_t, i_t, f_t, g_t, o_t, tc_t = inputs
+        dh = dh + dy_t
+        m = m_t[:, None]
+        dhn = jnp.where(m, dh, 0.0)  # what reaches this step's new state
+        dcn = jnp.where(m, dc, 0.0) + dhn * o_t * (1.0 - jnp.square(tc_t))
+        da = jnp.concatenate(
+            [
+                dcn * g_t * i_t * (1.0 - i_t),
+                dcn * c_t * f_t * (1.0 - f_t),
+                dcn * i_t * (1.0 - jnp.square(g_t)),
+                dhn * tc_t * o_t * (1.0 - o_t),
+            ],
+            axis=-1,
+        )  # (B, 4H): the gradient of the pre-activations
+        dh_prev = jnp.where(m, 0.0, dh) + _mm(da, wh_t, dtype)
+        dc_prev = jnp.where(m, dcn * f_t, dc)
+        return (dh_prev, dc_prev), da
+
+    (dh0, dc0), da = jax.lax.scan(
+        body, (dh_last, dc_last), (dys, mask, c_prev, i, f, g, o, tc), reverse=True
+    )
+    L, B, H = h_prev.shape
+    dwh = _mm(h_prev.reshape(L * B, H).T, da.reshape(L * B, 4 * H), dtype).astype(wh.dtype)
+    dbh = da.sum((0, 1)).astype(wh.dtype)
+    return da, dh0, dc0, None, dwh, dbh
+
+
+_lstm_scan.defvjp(_lstm_fwd, _lstm_bwd)
