@@ -54,7 +54,8 @@ def train_flops_per_token(cfg) -> float:
     enc_in = [cfg.embed_dim] + [cfg.enc_hidden * dirs] * (cfg.enc_layers - 1)
     enc = sum(dirs * 2 * 3 * cfg.enc_hidden * (d + cfg.enc_hidden) for d in enc_in)
     dec_in = [cfg.embed_dim] + [cfg.dec_hidden] * (cfg.dec_layers - 1)
-    dec = sum(2 * 3 * cfg.dec_hidden * (d + cfg.dec_hidden) for d in dec_in)
+    gates = 4 if cfg.decoder == "lstm" else 3
+    dec = sum(2 * gates * cfg.dec_hidden * (d + cfg.dec_hidden) for d in dec_in)
     out = 2 * cfg.dec_hidden * cfg.vocab_size
     return 3.0 * (enc + dec + out)
 
@@ -149,8 +150,9 @@ def decode_flops_per_molecule(cfg, mean_tokens: float) -> float:
     the input matmuls of layers above the first (the first layer's is a table lookup) and the
     output layer."""
     H, L = cfg.dec_hidden, cfg.dec_layers
-    once = 2 * cfg.latent_dim * (H * L + 3 * H)
-    per_token = 2 * 3 * H * H * L + 2 * 3 * H * H * (L - 1) + 2 * H * cfg.vocab_size
+    G = 4 if cfg.decoder == "lstm" else 3  # gates
+    once = 2 * cfg.latent_dim * (H * L + G * H)
+    per_token = 2 * G * H * H * L + 2 * G * H * H * (L - 1) + 2 * H * cfg.vocab_size
     return once + per_token * mean_tokens
 
 

@@ -87,6 +87,8 @@ def test_encoder_ignores_padding(bidirectional, layers):
 def test_generate_is_consistent_with_teacher_forcing(decoder):
     """Greedy decoding picks, at every step, the argmax of the teacher-forced logits."""
     model = _model(decoder=decoder)
+    kind = {"gru": "GRU", "lstm": "LSTM", "transformer": "Block"}[decoder]
+    assert {type(layer).__name__ for layer in model.decoder.layers} == {kind}
     z = jax.random.normal(jax.random.key(1), (3, 4))
     out = model.generate(z, jax.random.key(0), max_len=6, greedy=True)  # (3, 7)
     inputs = jnp.concatenate([jnp.ones((3, 1), jnp.int32), out[:, :-1]], axis=1)

@@ -175,7 +175,9 @@ class VAE(nnx.Module):
         self.cfg = cfg
         self.encoder = Encoder(cfg, rngs=rngs)
         self.decoder = (
-            Decoder(cfg, rngs=rngs) if cfg.decoder == "gru" else TransformerDecoder(cfg, rngs=rngs)
+            TransformerDecoder(cfg, rngs=rngs)
+            if cfg.decoder == "transformer"
+            else Decoder(cfg, rngs=rngs)
         )
 
     def encode(self, tokens: jax.Array, lengths: jax.Array) -> tuple[jax.Array, jax.Array]:
