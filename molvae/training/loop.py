@@ -494,8 +494,12 @@ def train_and_evaluate(
             max_len,
             [ds.train.smiles[i] for i in train_rows],
         )
-    keep_rows, skipped["test"] = encodable("test")
-    keep = [ds.test.selfies[i] for i in keep_rows]
+    try:  # the whole split at once (fast); molecule by molecule only if some cannot be encoded
+        val_arr = vocab.encode_batch(ds.test.selfies, max_len)
+        keep_rows, skipped["test"] = list(range(len(ds.test))), []
+    except UnknownSymbolError:
+        keep_rows, skipped["test"] = encodable("test")
+        val_arr = vocab.encode_batch([ds.test.selfies[i] for i in keep_rows], max_len)
     if any(skipped.values()):
         unknown = pd.concat(
             [data_mod.report_rows(ds, split, rows, "unknown_symbol")
@@ -513,7 +517,6 @@ def train_and_evaluate(
                     "training" if not resuming else "run's",
                     run_dir / "data_report.csv",
                 )
-    val_arr = vocab.encode_batch(keep, max_len)
     model_cfg = dataclasses.replace(model_cfg, vocab_size=len(vocab))
     if resuming:
         old_cfg, *_ = folder.read_run_info(vocab_path.parent)
