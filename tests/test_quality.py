@@ -221,3 +221,35 @@ def test_averaged_checkpoints_are_the_mean_of_their_parameters(tiny_run, tmp_pat
     info = json.loads((out / "run.json").read_text())
     assert info["averaged"]["steps"] == [30, 60] and info["averaged"]["cpu_s"] == 1.0
     assert len(avg.sample(8, seed=0)) == 8
+
+
+def test_compare_arms_lays_tables_from_two_folders_side_by_side(tmp_path, monkeypatch, capsys):
+    """scripts/compare_arms.py: the named runs' rows of two quality.py folders, up to a step,
+    in one table and two figures; a run in neither folder is an error naming it."""
+    metrics = {k: 1.0 for k in quality.CURVE_METRICS}
+    for name, run in (("a", "gru"), ("b", "lstm")):
+        d = tmp_path / name
+        d.mkdir()
+        rows = [
+            {"run": run, "step": s, "cpu_s": 10.0 * s, "mols_seen": 128 * s} | metrics
+            for s in (1000, 2000, 3000)
+        ]
+        pd.DataFrame(rows + [{**rows[0], "run": "other"}]).to_csv(d / "quality.csv", index=False)
+        val = [{"run": run, "step": s, "cpu_s": 10.0 * s, "mols_seen": 128 * s,
+                "val_elbo": 30.0 - s / 1000} for s in (1000, 2000, 3000)]  # fmt: skip
+        pd.DataFrame(val).to_csv(d / "quality_validation.csv", index=False)
+    out = tmp_path / "cmp"
+    script = str(ROOT / "scripts" / "compare_arms.py")
+    argv = ["compare_arms.py", str(tmp_path / "a"), str(tmp_path / "b"), "--runs", "gru", "lstm"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--max-step", "2000", "--out", str(out)])
+    runpy.run_path(script, run_name="__main__")
+    table = pd.read_csv(out / "quality.csv")
+    assert list(zip(table["run"], table["step"], strict=True)) == [
+        ("gru", 1000), ("gru", 2000), ("lstm", 1000), ("lstm", 2000)
+    ]  # fmt: skip
+    for png in ("quality_curves.png", "validation.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| lstm | 2000 |" in capsys.readouterr().out
+    monkeypatch.setattr(sys, "argv", [*argv, "nope", "--out", str(out)])
+    with pytest.raises(SystemExit, match="nope"):
+        runpy.run_path(script, run_name="__main__")
