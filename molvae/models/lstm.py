@@ -143,7 +143,7 @@ def _lstm_bwd(dtype, saved, cotangents):
 
     def body(carry, inputs):
         dh, dc = carry
-        dy_t, m_t, c_t, i_t, f_t, g_t, o_t, tc_t = inputs
+        dy_t, m_t, cp_t, i_t, f_t, g_t, o_t, tc_t = inputs  # cp_t: the cell it started from
         dh = dh + dy_t
         m = m_t[:, None]
         dhn = jnp.where(m, dh, 0.0)  # what reaches this step's new state
@@ -151,7 +151,7 @@ def _lstm_bwd(dtype, saved, cotangents):
         da = jnp.concatenate(
             [
                 dcn * g_t * i_t * (1.0 - i_t),
-                dcn * c_t * f_t * (1.0 - f_t),
+                dcn * cp_t * f_t * (1.0 - f_t),
                 dcn * i_t * (1.0 - jnp.square(g_t)),
                 dhn * tc_t * o_t * (1.0 - o_t),
             ],
