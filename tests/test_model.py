@@ -129,43 +129,57 @@ def test_model_config_rejects_negative_sizes():
         ModelConfig(vocab_size=10, latent_dim=-4)
 
 
+def _assert_scan_matches_autodiff(scan, step, gates: int, with_cell: bool) -> None:
+    """scan (gru_scan, lstm_scan) gives the outputs, and through its custom VJP the gradients,
+    that JAX derives for the plain masked recurrence of step (state carried where masked); the
+    loss reads the outputs and every part of the final state."""
+    L, B, H = 7, 5, 4
+    k = jax.random.split(jax.random.key(0), 8)
+    xp = jax.random.normal(k[0], (L, B, gates * H))
+    h0 = jax.random.normal(k[1], (B, H))
+    state = (h0, jax.random.normal(k[6], (B, H))) if with_cell else h0
+    wh = jax.random.normal(k[2], (H, gates * H)) * 0.5
+    bh = jax.random.normal(k[3], (gates * H,)) * 0.1
+    mask = jax.random.uniform(k[4], (L, B)) > 0.3
+    assert not mask.all() and mask.any()
+    wy = jax.random.normal(k[5], (L, B, H))
+    wc = jax.random.normal(k[7], (B, H))
+
+    def plain(xp, state, mask, wh, bh):
+        def body(s, inputs):
+            x_t, m_t = inputs
+            new = step(x_t, s, wh, bh)
+            s = jax.tree.map(lambda a, b: jnp.where(m_t[:, None], a, b), new, s)
+            return s, jax.tree.leaves(s)[0]
+
+        last, ys = jax.lax.scan(body, state, (xp, mask))
+        return ys, last
+
+    def loss(fn):
+        def f(xp, state, wh, bh):
+            ys, last = fn(xp, state, mask, wh, bh)
+            h, *c = jax.tree.leaves(last)
+            return jnp.sum(wy * jnp.sin(ys)) + jnp.sum(h**2) + sum(jnp.sum(wc * x) for x in c)
+
+        return f
+
+    want_out = jax.tree.leaves(plain(xp, state, mask, wh, bh))
+    got_out = jax.tree.leaves(scan(xp, state, mask, wh, bh))
+    for a, b in zip(want_out, got_out, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    want = jax.grad(loss(plain), argnums=(0, 1, 2, 3))(xp, state, wh, bh)
+    got = jax.grad(loss(scan), argnums=(0, 1, 2, 3))(xp, state, wh, bh)
+    names = ("xp", "h0", "c0", "wh", "bh") if with_cell else ("xp", "h0", "wh", "bh")
+    for name, a, b in zip(names, jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
 def test_gru_scan_hand_written_backward_matches_autodiff():
     """gru_scan's custom VJP (one matmul per reverse step, weight gradient after the loop)
     gives the gradients JAX derives for the plain masked recurrence."""
     from molvae.models.gru import _gru_step, gru_scan
 
-    L, B, H = 7, 5, 4
-    k = jax.random.split(jax.random.key(0), 6)
-    xp = jax.random.normal(k[0], (L, B, 3 * H))
-    h0 = jax.random.normal(k[1], (B, H))
-    wh = jax.random.normal(k[2], (H, 3 * H)) * 0.5
-    bh = jax.random.normal(k[3], (3 * H,)) * 0.1
-    mask = jax.random.uniform(k[4], (L, B)) > 0.3
-    assert not mask.all() and mask.any()
-    wy = jax.random.normal(k[5], (L, B, H))
-
-    def plain(xp, h0, mask, wh, bh):
-        def body(h, inputs):
-            x_t, m_t = inputs
-            h = jnp.where(m_t[:, None], _gru_step(x_t, h, wh, bh), h)
-            return h, h
-
-        h_last, ys = jax.lax.scan(body, h0, (xp, mask))
-        return ys, h_last
-
-    def loss(fn):
-        def f(xp, h0, wh, bh):
-            ys, h_last = fn(xp, h0, mask, wh, bh)
-            return jnp.sum(wy * jnp.sin(ys)) + jnp.sum(h_last**2)
-
-        return f
-
-    for a, b in zip(plain(xp, h0, mask, wh, bh), gru_scan(xp, h0, mask, wh, bh), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
-    want = jax.grad(loss(plain), argnums=(0, 1, 2, 3))(xp, h0, wh, bh)
-    got = jax.grad(loss(gru_scan), argnums=(0, 1, 2, 3))(xp, h0, wh, bh)
-    for name, a, b in zip(("xp", "h0", "wh", "bh"), want, got, strict=True):
-        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5, err_msg=name)
+    _assert_scan_matches_autodiff(gru_scan, _gru_step, 3, with_cell=False)
 
 
 def test_lstm_scan_hand_written_backward_matches_autodiff():
@@ -173,44 +187,10 @@ def test_lstm_scan_hand_written_backward_matches_autodiff():
     through the outputs and both parts of the final state."""
     from molvae.models.lstm import _cell, lstm_scan
 
-    L, B, H = 7, 5, 4
-    k = jax.random.split(jax.random.key(0), 8)
-    xp = jax.random.normal(k[0], (L, B, 4 * H))
-    h0 = jax.random.normal(k[1], (B, H))
-    c0 = jax.random.normal(k[6], (B, H))
-    wh = jax.random.normal(k[2], (H, 4 * H)) * 0.5
-    bh = jax.random.normal(k[3], (4 * H,)) * 0.1
-    mask = jax.random.uniform(k[4], (L, B)) > 0.3
-    assert not mask.all() and mask.any()
-    wy = jax.random.normal(k[5], (L, B, H))
-    wc = jax.random.normal(k[7], (B, H))
+    def step(x_t, hc, wh, bh):
+        return _cell(x_t, *hc, wh, bh, "float32")[:2]
 
-    def plain(xp, state, mask, wh, bh):
-        def body(hc, inputs):
-            x_t, m_t = inputs
-            h, c = _cell(x_t, *hc, wh, bh, "float32")[:2]
-            m = m_t[:, None]
-            hc = (jnp.where(m, h, hc[0]), jnp.where(m, c, hc[1]))
-            return hc, hc[0]
-
-        last, ys = jax.lax.scan(body, state, (xp, mask))
-        return ys, last
-
-    def loss(fn):
-        def f(xp, h0, c0, wh, bh):
-            ys, (h, c) = fn(xp, (h0, c0), mask, wh, bh)
-            return jnp.sum(wy * jnp.sin(ys)) + jnp.sum(h**2) + jnp.sum(wc * c)
-
-        return f
-
-    want_out = jax.tree.leaves(plain(xp, (h0, c0), mask, wh, bh))
-    got_out = jax.tree.leaves(lstm_scan(xp, (h0, c0), mask, wh, bh))
-    for a, b in zip(want_out, got_out, strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
-    want = jax.grad(loss(plain), argnums=(0, 1, 2, 3, 4))(xp, h0, c0, wh, bh)
-    got = jax.grad(loss(lstm_scan), argnums=(0, 1, 2, 3, 4))(xp, h0, c0, wh, bh)
-    for name, a, b in zip(("xp", "h0", "c0", "wh", "bh"), want, got, strict=True):
-        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5, err_msg=name)
+    _assert_scan_matches_autodiff(lstm_scan, step, 4, with_cell=True)
 
 
 def test_bfloat16_matmuls_stay_close_to_float32():

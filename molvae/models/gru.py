@@ -3,38 +3,95 @@
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 
-class GRU(nnx.Module):
-    """Gated recurrent unit over a whole sequence (PyTorch/cuDNN gate convention).
-
-    The input projection x @ W_i for all time steps is one (B*L, D) x (D, 3H) matmul; only
+class Recurrent(nnx.Module):
+    """A gated recurrent layer over a whole sequence, its input projection hoisted out of the
+    scan: x @ W_i for all time steps is one (B*L, D) x (D, G*H) matmul (G gates); only
     h @ W_h stays inside `lax.scan`. That is where a recurrent net spends its FLOPs on CPU/GPU.
-    """
+    Subclasses (GRU, molvae.models.lstm.LSTM) give the gate count, the scan and the cell."""
 
-    gates = 3  # the projection is (..., 3H)
+    gates: int  # the projection is (..., gates * H)
 
     def __init__(
         self, in_features: int, hidden: int, *, dtype: str = "float32", rngs: nnx.Rngs
     ) -> None:
         """dtype: operand type of the matmuls (float32 or bfloat16); they accumulate, and the
         gates and states stay, in float32."""
+        g = self.gates
         self.hidden, self.dtype = hidden, dtype
-        self.wi = nnx.Linear(in_features, 3 * hidden, rngs=rngs)  # parameters; project() multiplies
+        self.wi = nnx.Linear(in_features, g * hidden, rngs=rngs)  # parameters; project() multiplies
         # Orthogonal recurrent weights per gate keep the early dynamics well conditioned.
         ortho = nnx.initializers.orthogonal()
-        wh = jnp.concatenate([ortho(rngs.params(), (hidden, hidden)) for _ in range(3)], axis=1)
+        wh = jnp.concatenate([ortho(rngs.params(), (hidden, hidden)) for _ in range(g)], axis=1)
         self.wh = nnx.Param(wh)
-        self.bh = nnx.Param(jnp.zeros((3 * hidden,)))
+        self.bh = nnx.Param(self.initial_bias(hidden))
+
+    def initial_bias(self, hidden: int) -> jax.Array:
+        """The recurrent bias at initialisation (gates * H,): zeros."""
+        return jnp.zeros((self.gates * hidden,))
 
     def project(self, x: jax.Array) -> jax.Array:
-        """Input projection, hoistable: (..., D) -> (..., 3H), in float32 from operands in
-        self.dtype (the parameters stay float32)."""
+        """Input projection, hoistable: (..., D) -> (..., gates * H), in float32 from operands
+        in self.dtype (the parameters stay float32)."""
         return dense(x, self.wi.kernel[...], self.dtype) + self.wi.bias[...]
+
+    def scan(
+        self, xp: jax.Array, state0: Any, mask: jax.Array, wh: jax.Array, bh: jax.Array, dtype: str
+    ) -> tuple[jax.Array, Any]:
+        """The recurrence over time-major inputs (gru_scan, lstm_scan)."""
+        raise NotImplementedError
+
+    def __call__(
+        self,
+        x: jax.Array,
+        state0: Any,
+        mask: jax.Array | None = None,
+        extra: jax.Array | None = None,
+    ) -> tuple[jax.Array, Any]:
+        """Run over x (B, L, D) from state0 (a GRU's h0 (B, H), an LSTM's (h0, c0)); returns
+        outputs (B, L, H) and the final state.
+
+        mask (B, L): where False the state is carried unchanged, so the final state is the one
+        after each sequence's last real token. extra (B, gates * H) is added to every step's
+        projected input (a per-sequence constant such as a latent code, projected once).
+        """
+        xp = self.project(x)  # (B, L, gates * H)
+        if extra is not None:
+            xp = xp + extra[:, None, :]
+        if mask is None:
+            mask = jnp.ones(x.shape[:2], bool)
+        ys, last = self.scan(
+            jnp.swapaxes(xp, 0, 1),
+            state0,
+            jnp.swapaxes(mask, 0, 1),
+            self.wh[...],
+            self.bh[...],
+            self.dtype,
+        )
+        return jnp.swapaxes(ys, 0, 1), last
+
+
+class GRU(Recurrent):
+    """Gated recurrent unit over a whole sequence (PyTorch/cuDNN gate convention)."""
+
+    gates = 3
+
+    def scan(
+        self,
+        xp: jax.Array,
+        h0: jax.Array,
+        mask: jax.Array,
+        wh: jax.Array,
+        bh: jax.Array,
+        dtype: str,
+    ) -> tuple[jax.Array, jax.Array]:
+        return gru_scan(xp, h0, mask, wh, bh, dtype)
 
     def step(self, xp: jax.Array, h: jax.Array) -> jax.Array:
         """One recurrence from a projected input: (B, 3H), (B, H) -> (B, H)."""
@@ -49,34 +106,6 @@ class GRU(nnx.Module):
     def start(h: jax.Array) -> jax.Array:
         """The state a decoder starts from given h0."""
         return h
-
-    def __call__(
-        self,
-        x: jax.Array,
-        h0: jax.Array,
-        mask: jax.Array | None = None,
-        extra: jax.Array | None = None,
-    ) -> tuple[jax.Array, jax.Array]:
-        """Run over x (B, L, D) from h0 (B, H); returns outputs (B, L, H) and the final state.
-
-        mask (B, L): where False the state is carried unchanged, so the final state is the one
-        after each sequence's last real token. extra (B, 3H) is added to every step's projected
-        input (a per-sequence constant such as a latent code, projected once).
-        """
-        xp = self.project(x)  # (B, L, 3H)
-        if extra is not None:
-            xp = xp + extra[:, None, :]
-        if mask is None:
-            mask = jnp.ones(x.shape[:2], bool)
-        ys, h_last = gru_scan(
-            jnp.swapaxes(xp, 0, 1),
-            h0,
-            jnp.swapaxes(mask, 0, 1),
-            self.wh[...],
-            self.bh[...],
-            self.dtype,
-        )
-        return jnp.swapaxes(ys, 0, 1), h_last
 
 
 def gru_scan(

@@ -8,38 +8,35 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
-from molvae.models.gru import _mm, dense, prefetch_scan
+from molvae.models.gru import Recurrent, _mm, prefetch_scan
 
 State = tuple[jax.Array, jax.Array]  # (h, c), each (B, H)
 
 
-class LSTM(nnx.Module):
+class LSTM(Recurrent):
     """Long short-term memory over a whole sequence (PyTorch/cuDNN gate order i, f, g, o).
 
-    As in molvae.models.gru.GRU, x @ W_i for all time steps is one matmul and only h @ W_h stays
-    inside `lax.scan`; the backward pass keeps one matmul per reverse step and computes the
-    recurrent weight gradient as one matmul over all steps. The forget gate's bias starts at 1
-    (Jozefowicz et al. 2015), so early on the cell carries its memory.
+    As in molvae.models.gru.GRU, the backward pass keeps one matmul per reverse step and
+    computes the recurrent weight gradient as one matmul over all steps. The forget gate's bias
+    starts at 1 (Jozefowicz et al. 2015), so early on the cell carries its memory.
     """
 
-    gates = 4  # the projection is (..., 4H)
+    gates = 4
 
-    def __init__(
-        self, in_features: int, hidden: int, *, dtype: str = "float32", rngs: nnx.Rngs
-    ) -> None:
-        """dtype: operand type of the matmuls (float32 or bfloat16); sums and states float32."""
-        self.hidden, self.dtype = hidden, dtype
-        self.wi = nnx.Linear(in_features, 4 * hidden, rngs=rngs)
-        ortho = nnx.initializers.orthogonal()
-        wh = jnp.concatenate([ortho(rngs.params(), (hidden, hidden)) for _ in range(4)], axis=1)
-        self.wh = nnx.Param(wh)
-        self.bh = nnx.Param(jnp.zeros((4 * hidden,)).at[hidden : 2 * hidden].set(1.0))
+    def initial_bias(self, hidden: int) -> jax.Array:
+        return jnp.zeros((4 * hidden,)).at[hidden : 2 * hidden].set(1.0)
 
-    def project(self, x: jax.Array) -> jax.Array:
-        """Input projection, hoistable: (..., D) -> (..., 4H) in float32."""
-        return dense(x, self.wi.kernel[...], self.dtype) + self.wi.bias[...]
+    def scan(
+        self,
+        xp: jax.Array,
+        state0: State,
+        mask: jax.Array,
+        wh: jax.Array,
+        bh: jax.Array,
+        dtype: str,
+    ) -> tuple[jax.Array, State]:
+        return lstm_scan(xp, state0, mask, wh, bh, dtype)
 
     def step(self, xp: jax.Array, state: State) -> State:
         """One recurrence from a projected input: (B, 4H), (h, c) -> (h, c)."""
@@ -54,31 +51,6 @@ class LSTM(nnx.Module):
     def start(h: jax.Array) -> State:
         """The state a decoder starts from given h0: the cell starts empty."""
         return h, jnp.zeros_like(h)
-
-    def __call__(
-        self,
-        x: jax.Array,
-        state0: State,
-        mask: jax.Array | None = None,
-        extra: jax.Array | None = None,
-    ) -> tuple[jax.Array, State]:
-        """Run over x (B, L, D) from state0; returns outputs h (B, L, H) and the final state.
-        mask (B, L): where False the state is carried unchanged. extra (B, 4H) is added to every
-        step's projected input."""
-        xp = self.project(x)
-        if extra is not None:
-            xp = xp + extra[:, None, :]
-        if mask is None:
-            mask = jnp.ones(x.shape[:2], bool)
-        ys, last = lstm_scan(
-            jnp.swapaxes(xp, 0, 1),
-            state0,
-            jnp.swapaxes(mask, 0, 1),
-            self.wh[...],
-            self.bh[...],
-            self.dtype,
-        )
-        return jnp.swapaxes(ys, 0, 1), last
 
 
 def lstm_scan(
