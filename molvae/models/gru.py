@@ -131,7 +131,7 @@ def _gru_scan(xp, h0, mask, wh, bh, dtype):
     return _gru_forward(xp, h0, mask, wh, bh, dtype)[0]
 
 
-def _mm(a: jax.Array, b: jax.Array, dtype: str) -> jax.Array:
+def matmul(a: jax.Array, b: jax.Array, dtype: str) -> jax.Array:
     """a @ b with operands in dtype, accumulated in float32."""
     return jnp.dot(a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32)
 
@@ -148,19 +148,19 @@ def dense(x: jax.Array, w: jax.Array, dtype: str = "float32") -> jax.Array:
 
 @partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _dense_mixed(x, w, dtype):
-    return _mm(x, w, dtype)
+    return matmul(x, w, dtype)
 
 
 def _dense_mixed_fwd(x, w, dtype):
     xc, wc = x.astype(dtype), w.astype(dtype)
-    return _mm(xc, wc, dtype), (xc, wc)
+    return matmul(xc, wc, dtype), (xc, wc)
 
 
 def _dense_mixed_bwd(dtype, saved, g):
     xc, wc = saved
     g2 = g.reshape(-1, g.shape[-1])
-    dx = _mm(g2, wc.T, dtype).reshape(xc.shape)
-    dw = _mm(xc.reshape(-1, xc.shape[-1]).T, g2, dtype)
+    dx = matmul(g2, wc.T, dtype).reshape(xc.shape)
+    dw = matmul(xc.reshape(-1, xc.shape[-1]).T, g2, dtype)
     return dx, dw
 
 
@@ -228,12 +228,12 @@ def _gru_bwd(dtype, saved, cotangents):
         daz = dz * z_t * (1.0 - z_t)
         dxp = jnp.concatenate([dar, daz, dan], axis=-1)  # (B, 3H)
         dhp = jnp.concatenate([dar, daz, dan * r_t], axis=-1)
-        dh_prev = jnp.where(m, dnew * z_t, dh) + _mm(dhp, wh_t, dtype)
+        dh_prev = jnp.where(m, dnew * z_t, dh) + matmul(dhp, wh_t, dtype)
         return dh_prev, (dxp, dhp)
 
     dh0, (dxp, dhp) = jax.lax.scan(body, dh_last, (dys, mask, h_prev, r, z, n, hn), reverse=True)
     L, B, H = h_prev.shape
-    dwh = _mm(h_prev.reshape(L * B, H).T, dhp.reshape(L * B, 3 * H), dtype).astype(wh.dtype)
+    dwh = matmul(h_prev.reshape(L * B, H).T, dhp.reshape(L * B, 3 * H), dtype).astype(wh.dtype)
     dbh = dhp.sum((0, 1)).astype(wh.dtype)
     return dxp, dh0, None, dwh, dbh
 
@@ -244,7 +244,7 @@ _gru_scan.defvjp(_gru_fwd, _gru_bwd)
 def _gates(xp, h, wh, bh, dtype):
     """The GRU cell (the one copy of its gate math): next state and the gates (r, z, n, hn) the
     hand-written backward pass reuses."""
-    hp = _mm(h, wh, dtype) + bh  # (B, 3H)
+    hp = matmul(h, wh, dtype) + bh  # (B, 3H)
     xr, xz, xn = jnp.split(xp, 3, axis=-1)
     hr, hz, hn = jnp.split(hp, 3, axis=-1)
     r = jax.nn.sigmoid(xr + hr)

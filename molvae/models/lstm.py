@@ -9,7 +9,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from molvae.models.gru import Recurrent, _mm, prefetch_scan
+from molvae.models.gru import Recurrent, matmul, prefetch_scan
 
 State = tuple[jax.Array, jax.Array]  # (h, c), each (B, H)
 
@@ -71,7 +71,7 @@ def lstm_scan(
 def _cell(xp, h, c, wh, bh, dtype):
     """The LSTM cell (the one copy of its gate math): (h, c) and the gates (i, f, g, o, tanh c)
     that the backward pass reuses."""
-    a = xp + _mm(h, wh, dtype) + bh
+    a = xp + matmul(h, wh, dtype) + bh
     ai, af, ag, ao = jnp.split(a, 4, axis=-1)
     i, f, o = jax.nn.sigmoid(ai), jax.nn.sigmoid(af), jax.nn.sigmoid(ao)
     g = jnp.tanh(ag)
@@ -129,7 +129,7 @@ def _lstm_bwd(dtype, saved, cotangents):
             ],
             axis=-1,
         )  # (B, 4H): the gradient of the pre-activations
-        dh_prev = jnp.where(m, 0.0, dh) + _mm(da, wh_t, dtype)
+        dh_prev = jnp.where(m, 0.0, dh) + matmul(da, wh_t, dtype)
         dc_prev = jnp.where(m, dcn * f_t, dc)
         return (dh_prev, dc_prev), da
 
@@ -137,7 +137,7 @@ def _lstm_bwd(dtype, saved, cotangents):
         body, (dh_last, dc_last), (dys, mask, c_prev, i, f, g, o, tc), reverse=True
     )
     L, B, H = h_prev.shape
-    dwh = _mm(h_prev.reshape(L * B, H).T, da.reshape(L * B, 4 * H), dtype).astype(wh.dtype)
+    dwh = matmul(h_prev.reshape(L * B, H).T, da.reshape(L * B, 4 * H), dtype).astype(wh.dtype)
     dbh = da.sum((0, 1)).astype(wh.dtype)
     return da, dh0, dc0, None, dwh, dbh
 
