@@ -131,7 +131,16 @@ def summary(r: dict) -> dict:
     get = lambda st, k: r.get(st, {}).get(k)  # noqa: E731
     s["matmul_gflops"] = get("matmul", "matmul_gflops")
     s["matmul_gflops_bf16"] = get("matmul", "matmul_gflops_bf16")
-    for preset in ("default", "gru512", "lstm512", "moses_gru", "default_bf16", "moses_gru_bf16"):
+    presets = (
+        "default",
+        "gru512",
+        "lstm512",
+        "cifg512",
+        "moses_gru",
+        "default_bf16",
+        "moses_gru_bf16",
+    )
+    for preset in presets:
         st = f"train_{preset}"
         s[f"train_mol_per_s_{preset}"] = get(st, "train_mol_per_s")
         key = "matmul_gflops_bf16" if preset.endswith("_bf16") else "matmul_gflops"
@@ -199,6 +208,7 @@ def markdown(res: dict) -> str:
             "mfu_default",
             "mfu_gru512",
             "mfu_lstm512",
+            "mfu_cifg512",
             "mfu_moses_gru",
             "mfu_default_bf16",
             "mfu_moses_gru_bf16",

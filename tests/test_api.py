@@ -291,7 +291,7 @@ def test_strict_sampling_blanks_exactly_the_repaired_samples(model):
     assert all(s == le for s, le in zip(strict, lenient, strict=True) if s)
 
 
-@pytest.mark.parametrize("decoder", ["transformer", "lstm"])
+@pytest.mark.parametrize("decoder", ["transformer", "lstm", "cifg"])
 def test_decoders_run_through_the_continuous_batching_engine(tiny_run, decoder):
     """The decoding engine (slots refilled between segments, rows at different positions) gives
     a Transformer's or an LSTM's ids of one full scan per chunk, as it does for the GRU."""

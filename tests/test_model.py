@@ -83,11 +83,11 @@ def test_encoder_ignores_padding(bidirectional, layers):
     np.testing.assert_allclose(np.asarray(mu_alone[0]), np.asarray(mu_batch[0]), atol=1e-5)
 
 
-@pytest.mark.parametrize("decoder", ["gru", "lstm", "transformer"])
+@pytest.mark.parametrize("decoder", ["gru", "lstm", "cifg", "transformer"])
 def test_generate_is_consistent_with_teacher_forcing(decoder):
     """Greedy decoding picks, at every step, the argmax of the teacher-forced logits."""
     model = _model(decoder=decoder)
-    kind = {"gru": "GRU", "lstm": "LSTM", "transformer": "Block"}[decoder]
+    kind = {"gru": "GRU", "lstm": "LSTM", "cifg": "CIFG", "transformer": "Block"}[decoder]
     assert {type(layer).__name__ for layer in model.decoder.layers} == {kind}
     z = jax.random.normal(jax.random.key(1), (3, 4))
     out = model.generate(z, jax.random.key(0), max_len=6, greedy=True)  # (3, 7)
@@ -182,15 +182,47 @@ def test_gru_scan_hand_written_backward_matches_autodiff():
     _assert_scan_matches_autodiff(gru_scan, _gru_step, 3, with_cell=False)
 
 
-def test_lstm_scan_hand_written_backward_matches_autodiff():
+@pytest.mark.parametrize("coupled", [False, True], ids=["lstm", "cifg"])
+def test_lstm_scan_hand_written_backward_matches_autodiff(coupled):
     """lstm_scan's custom VJP gives the gradients JAX derives for the plain masked recurrence,
-    through the outputs and both parts of the final state."""
+    through the outputs and both parts of the final state; with coupled gates (CIFG) too."""
     from molvae.models.lstm import _cell, lstm_scan
 
     def step(x_t, hc, wh, bh):
-        return _cell(x_t, *hc, wh, bh, "float32")[:2]
+        return _cell(x_t, *hc, wh, bh, "float32", coupled)[:2]
 
-    _assert_scan_matches_autodiff(lstm_scan, step, 4, with_cell=True)
+    def scan(xp, state, mask, wh, bh):
+        return lstm_scan(xp, state, mask, wh, bh, coupled=coupled)
+
+    _assert_scan_matches_autodiff(scan, step, 3 if coupled else 4, with_cell=True)
+
+
+def test_cifg_is_an_lstm_whose_forget_gate_reads_minus_the_input_gate():
+    """A CIFG step equals the full LSTM's with the forget gate's pre-activation set to minus the
+    input gate's (sigmoid(-a) = 1 - sigmoid(a)), and CIFG starts with the LSTM's forget gate."""
+    from molvae.models.lstm import CIFG, LSTM, _cell
+
+    B, H = 3, 5
+    k = jax.random.split(jax.random.key(2), 5)
+    xp = jax.random.normal(k[0], (B, 3 * H))
+    h, c = jax.random.normal(k[1], (B, H)), jax.random.normal(k[2], (B, H))
+    wh = jax.random.normal(k[3], (H, 3 * H)) * 0.5
+    bh = jax.random.normal(k[4], (3 * H,)) * 0.1
+
+    def four(a):  # (i, g, o) -> (i, -i, g, o) along the last axis
+        i, g, o = jnp.split(a, 3, axis=-1)
+        return jnp.concatenate([i, -i, g, o], axis=-1)
+
+    got = _cell(xp, h, c, wh, bh, "float32", True)[:2]
+    want = _cell(four(xp), h, c, four(wh), four(bh), "float32", False)[:2]
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    cifg = CIFG(4, H, rngs=nnx.Rngs(0))
+    lstm = LSTM(4, H, rngs=nnx.Rngs(0))
+    assert cifg.wh.shape == (H, 3 * H) and lstm.wh.shape == (H, 4 * H)
+    f_cifg = 1 - jax.nn.sigmoid(cifg.bh[:H])
+    f_lstm = jax.nn.sigmoid(lstm.bh[H : 2 * H])
+    np.testing.assert_allclose(f_cifg, f_lstm, rtol=1e-6)
 
 
 def test_bfloat16_matmuls_stay_close_to_float32():

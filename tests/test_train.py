@@ -151,7 +151,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(arrays, tmp_path):
     assert steps == [8]
 
 
-@pytest.mark.parametrize("decoder", ["gru", "lstm", "transformer"])
+@pytest.mark.parametrize("decoder", ["gru", "lstm", "cifg", "transformer"])
 def test_training_reduces_the_loss_and_writes_metrics(arrays, tmp_path, decoder):
     vocab, (tokens, lengths) = arrays
     mcfg = ModelConfig(vocab_size=len(vocab), **MODEL, decoder=decoder, dec_heads=2)

@@ -11,10 +11,10 @@ from flax import nnx
 
 from molvae.models import grammar as gram
 from molvae.models.gru import GRU, reverse_padded
-from molvae.models.lstm import LSTM
+from molvae.models.lstm import CIFG, LSTM
 from molvae.models.transformer import TransformerDecoder
 
-DECODERS = ("gru", "lstm", "transformer")
+DECODERS = ("gru", "lstm", "cifg", "transformer")
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class ModelConfig:
     dec_hidden: int = 256
     dec_layers: int = 1
     dtype: str = "float32"  # operand type of the GRU matmuls (float32 or bfloat16; f32 sums)
-    decoder: str = "gru"  # gru | lstm | transformer (dec_hidden wide, dec_layers layers/blocks)
+    decoder: str = "gru"  # gru | lstm | cifg | transformer (dec_hidden wide, dec_layers deep)
     dec_heads: int = 4  # transformer: attention heads
     dec_ff_mult: int = 4  # transformer: MLP width as a multiple of dec_hidden
     # Grammar-constrained decoding (models.grammar): the decoder's softmax is over the tokens
@@ -109,12 +109,13 @@ class Encoder(nnx.Module):
 
 
 class Decoder(nnx.Module):
-    """Recurrent stack (GRU, or LSTM with model.decoder=lstm) conditioned on z: z sets the
-    initial states (an LSTM's cells start empty) and is fed at every step."""
+    """Recurrent stack (GRU, or LSTM with model.decoder=lstm, or its coupled-gate CIFG with
+    model.decoder=cifg) conditioned on z: z sets the initial states (an LSTM's cells start
+    empty) and is fed at every step."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
-        cell = LSTM if cfg.decoder == "lstm" else GRU
+        cell = {"lstm": LSTM, "cifg": CIFG}.get(cfg.decoder, GRU)
         self.embed = nnx.Embed(cfg.vocab_size, cfg.embed_dim, rngs=rngs)
         self.z_to_h = nnx.Linear(cfg.latent_dim, cfg.dec_hidden * cfg.dec_layers, rngs=rngs)
         # Layer 0's input is [embedding, z]; z's part of the projection is constant over time.
