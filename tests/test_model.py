@@ -200,7 +200,7 @@ def test_lstm_scan_hand_written_backward_matches_autodiff(coupled):
 def test_cifg_is_an_lstm_whose_forget_gate_reads_minus_the_input_gate():
     """A CIFG step equals the full LSTM's with the forget gate's pre-activation set to minus the
     input gate's (sigmoid(-a) = 1 - sigmoid(a)), and CIFG starts with the LSTM's forget gate."""
-    from molvae.models.lstm import CIFG, LSTM, _cell
+    from molvae.models.lstm import CIFG, LSTM, _cell, _lstm_fwd
 
     B, H = 3, 5
     k = jax.random.split(jax.random.key(2), 5)
@@ -223,6 +223,11 @@ def test_cifg_is_an_lstm_whose_forget_gate_reads_minus_the_input_gate():
     f_cifg = 1 - jax.nn.sigmoid(cifg.bh[:H])
     f_lstm = jax.nn.sigmoid(lstm.bh[H : 2 * H])
     np.testing.assert_allclose(f_cifg, f_lstm, rtol=1e-6)
+    # the backward pass derives f = 1 - i: the forward keeps no forget-gate residual
+    mask = jnp.ones((4, B), bool)
+    xs = jax.random.normal(k[0], (4, B, 3 * H))
+    gates = _lstm_fwd(xs, h, c, mask, wh, bh, "float32", True)[1][2]
+    assert gates[1] is None and gates[0].shape == (4, B, H)
 
 
 def test_bfloat16_matmuls_stay_close_to_float32():

@@ -116,6 +116,8 @@ def _lstm_forward(xp, h0, c0, mask, wh, bh, dtype, coupled):
         h_new, c_new, gates = _cell(xp_t, h, c, wh, bh, dtype, coupled)
         m = m_t[:, None]
         h_new, c_new = jnp.where(m, h_new, h), jnp.where(m, c_new, c)
+        if coupled:  # f = 1 - i: the backward pass derives it rather than keeping it
+            gates = (gates[0], None, *gates[2:])
         return (h_new, c_new), (h_new, c_new, gates)
 
     (h_last, c_last), (ys, cs, gates) = prefetch_scan(body, (h0, c0), (xp, mask))
@@ -137,6 +139,8 @@ def _lstm_bwd(dtype, coupled, saved, cotangents):
     def body(carry, inputs):
         dh, dc = carry
         dy_t, m_t, cp_t, i_t, f_t, g_t, o_t, tc_t = inputs  # cp_t: the cell it started from
+        if coupled:
+            f_t = 1.0 - i_t
         dh = dh + dy_t
         m = m_t[:, None]
         dhn = jnp.where(m, dh, 0.0)  # what reaches this step's new state
