@@ -59,7 +59,12 @@ def main() -> None:
     df = pd.concat(tables, ignore_index=True)
     df["recipe"] = df["recipe"].fillna("")
     df = df.drop_duplicates(["recipe", "run"], keep="last")
-    df = df.sort_values(["recipe", "cpu_s"]).reset_index(drop=True)
+    # recipes keep the order they first appear in (an earlier table's first), so that a recipe
+    # added later does not change the colours of those already drawn
+    order = {r: i for i, r in enumerate(dict.fromkeys(df["recipe"]))}
+    first = df["recipe"].map(order).rename("first")
+    df = df.assign(first=first).sort_values(["first", "cpu_s"]).drop(columns="first")
+    df = df.reset_index(drop=True)
     args.out.mkdir(parents=True, exist_ok=True)
     df.to_csv(args.out / "scaling.csv", index=False)
     quality.plot_scaling(df, args.out / "scaling.png", TARGETS, PUBLISHED)

@@ -138,7 +138,8 @@ def test_scaling_table_fit_and_figure(scored, tmp_path, monkeypatch, capsys):
     metrics.json; the power law fitted through exact power-law points recovers its exponent
     and the compute at which it reaches a target, and so do the local exponents between
     consecutive points; scripts/scaling_curve.py keeps an earlier table's rows beside a named
-    recipe's runs and fits each recipe; a run without metrics.json is named."""
+    recipe's runs (in the order the recipes first appear) and fits each recipe; a run without
+    metrics.json is named."""
     run, ref, (rec,) = scored
     dirs = []
     for i, (cpu, fcd) in enumerate([(3600.0, 8.0), (7200.0, 8.0 * 2 ** (-1 / 3)), (28800.0, 4.0)]):
@@ -168,18 +169,19 @@ def test_scaling_table_fit_and_figure(scored, tmp_path, monkeypatch, capsys):
     ref_point = {"label": "VAE", "mols_seen": 1e5, "FCD/Test": 0.1, "Filters": 0.99}
     png = quality.plot_scaling(df, tmp_path / "scaling.png", reference=ref_point)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # the script: an earlier table's rows beside a named recipe's runs, a fit per recipe
-    df.to_csv(tmp_path / "earlier.csv", index=False)
+    # the script: an earlier table's rows beside a named recipe's runs, a fit per recipe; the
+    # earlier recipe stays first (and keeps its colour) though the new name sorts before it
+    df.assign(recipe="narrow").to_csv(tmp_path / "earlier.csv", index=False)
     out = tmp_path / "fig"
     argv = ["scaling_curve.py", "--rows", str(tmp_path / "earlier.csv"), "--out", str(out)]
-    argv += ["--recipe", "wide", str(dirs[0]), str(dirs[2])]
+    argv += ["--recipe", "broad", str(dirs[0]), str(dirs[2])]
     monkeypatch.setattr(sys, "argv", argv)
     runpy.run_path(str(ROOT / "scripts" / "scaling_curve.py"), run_name="__main__")
     table = pd.read_csv(out / "scaling.csv", keep_default_na=False)
-    assert table["recipe"].tolist() == ["", "", "", "wide", "wide"]
+    assert table["recipe"].tolist() == ["narrow"] * 3 + ["broad"] * 2
     assert table["run"].tolist() == ["r0", "r1", "r2", "r0", "r2"]
     printed = capsys.readouterr().out
-    assert "runs (3 runs):" in printed and "wide (2 runs):" in printed
+    assert "narrow (3 runs):" in printed and "broad (2 runs):" in printed
     assert printed.count("FCD/Test: local exponents between consecutive runs -0.33") == 2
     assert (out / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     (dirs[1] / "metrics.json").unlink()
