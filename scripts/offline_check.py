@@ -17,8 +17,14 @@ smiles = ["CCO", "c1ccccc1", "CC(=O)Nc1ccc(O)cc1", "CCN(CC)CC", "O=C(O)c1ccccc1"
 selfies = [chem.smiles_to_selfies(s) for s in smiles]
 vocab = Vocab.fit(selfies)
 tokens, lengths = vocab.encode_batch(selfies, 40)
-mcfg = ModelConfig(
-    vocab_size=len(vocab), embed_dim=8, enc_hidden=16, latent_dim=4, dec_hidden=16, dtype="bfloat16"
+mcfg = ModelConfig(  # experiment=moses_gpu's decoder type and matmul dtype, tiny
+    vocab_size=len(vocab),
+    embed_dim=8,
+    enc_hidden=16,
+    latent_dim=4,
+    dec_hidden=16,
+    dtype="bfloat16",
+    decoder="cifg",
 )
 cfg = TrainConfig(
     steps=12,

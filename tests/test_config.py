@@ -50,18 +50,25 @@ def test_train_script_defaults_are_the_dataclass_defaults():
     _agree("train", cfg["train"], TrainConfig)
 
 
-def test_the_gru512_preset_is_the_decoder_of_experiment_moses():
-    """model=gru512 (the benchmark's train_gru512 stage) is model/default with the decoder width of
-    experiment=moses, whose grammar mask is a training-schedule choice, not an architecture."""
-    preset = _compose("config", ["model=gru512"])["model"]
+@pytest.mark.parametrize(
+    ("preset", "experiment", "decoder"),
+    [("gru512", "moses_gru512", "gru"), ("cifg512", "moses", "cifg")],
+)
+def test_a_512_preset_is_the_decoder_of_its_moses_experiment(preset, experiment, decoder):
+    """model=gru512 and model=cifg512 (the benchmark's train_gru512 and train_cifg512 stages) are
+    model/default with the decoder width and type of experiment=moses_gru512 and experiment=moses,
+    whose grammar mask is a training-schedule choice, not an architecture."""
+    preset_cfg = _compose("config", [f"model={preset}"])["model"]
     default = _compose("config", [])["model"]
-    recipe = _compose("config", ["experiment=moses"])["model"]
-    assert preset["dec_hidden"] == recipe["dec_hidden"] == 512
-    assert {k: v for k, v in preset.items() if k != "dec_hidden"} == {
-        k: v for k, v in default.items() if k != "dec_hidden"
+    recipe = _compose("config", [f"experiment={experiment}"])["model"]
+    assert preset_cfg["dec_hidden"] == recipe["dec_hidden"] == 512
+    assert preset_cfg["decoder"] == recipe["decoder"] == decoder
+    changed = ("dec_hidden", "decoder")
+    assert {k: v for k, v in preset_cfg.items() if k not in changed} == {
+        k: v for k, v in default.items() if k not in changed
     }
     assert {k: v for k, v in recipe.items() if k != "grammar"} == {
-        k: v for k, v in preset.items() if k != "grammar"
+        k: v for k, v in preset_cfg.items() if k != "grammar"
     }
 
 

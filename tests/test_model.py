@@ -230,12 +230,14 @@ def test_cifg_is_an_lstm_whose_forget_gate_reads_minus_the_input_gate():
     assert gates[1] is None and gates[0].shape == (4, B, H)
 
 
-def test_bfloat16_matmuls_stay_close_to_float32():
-    """model.dtype=bfloat16 rounds the GRU matmul operands only: same parameters, logits and
+@pytest.mark.parametrize("decoder", ["gru", "cifg"])
+def test_bfloat16_matmuls_stay_close_to_float32(decoder):
+    """model.dtype=bfloat16 rounds the recurrent matmul operands only (the GRU's, and the CIFG's
+    of experiment=moses_gpu with its hand-written backward pass): same parameters, logits and
     gradients within bfloat16 rounding of the float32 model's."""
     import dataclasses
 
-    f32 = _model(True, 2)
+    f32 = _model(True, 2, decoder)
     cfg16 = dataclasses.replace(f32.cfg, dtype="bfloat16")
     b16 = VAE(cfg16, rngs=nnx.Rngs(0))
     nnx.update(b16, nnx.state(f32, nnx.Param))

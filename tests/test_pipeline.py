@@ -139,7 +139,8 @@ def test_wandb_logger_writes_an_offline_run_into_the_run_folder(root, tmp_path):
 
 # experiment -> the shipped model it makes
 SHIPPED_RECIPES = {
-    "moses": "moses_512",
+    "moses": "moses_cifg",
+    "moses_gru512": "moses_512",
     "moses_512_48k": "moses_512_48k",
     "moses_512_72k": "moses_512_72k",
     "moses_48k": "moses_48k",
@@ -179,11 +180,13 @@ def test_single_run_experiments_compose_into_valid_configs(root, name):
         assert data.max_len == shipped["data"]["max_len"]
         assert model.grammar == shipped["model"].get("grammar", False)
         assert model.dec_hidden == shipped["model"]["dec_hidden"]
+        assert model.decoder == shipped["model"].get("decoder", "gru")
         # the branch masked its cool-down only: the one run switches the mask on where it starts
         assert train.grammar_from_step == (
             train.steps - train.lr_decay_steps if model.grammar else 0
         )
-    if name in ("moses", "moses_48k", "moses_72k", "moses_gpu"):  # 6,000-step 1 - sqrt, masked
+    # a 6,000-step 1 - sqrt cool-down, masked
+    if name in ("moses", "moses_gru512", "moses_48k", "moses_72k", "moses_gpu"):
         assert model.grammar and train.lr_schedule == "wsd" and train.lr_decay_shape == "sqrt"
         assert train.lr_decay_steps == 6000
         assert train.grammar_from_step == train.steps - train.lr_decay_steps

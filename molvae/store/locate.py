@@ -16,9 +16,9 @@ _ASSETS = Path(__file__).parents[1] / "assets" / "pretrained"
 # moses: the first MOSES model (KL weight 0.5, cosine); moses_fb: KL weight 1 with free bits,
 # constant rate then a cool-down (issue "realistic molecules"); moses_grammar: its cool-down under
 # the grammar mask; moses_48k: experiment=moses_48k; moses_72k: experiment=moses_72k; moses_512:
-# experiment=moses (GRU 1 x 512); moses_512_48k: experiment=moses_512_48k, the same trained to
-# 48,000 steps; moses_512_72k: experiment=moses_512_72k, to 72,000 steps, the best sampler; see
-# each folder's README.md
+# experiment=moses_gru512 (GRU 1 x 512); moses_512_48k: experiment=moses_512_48k, the same
+# trained to 48,000 steps; moses_512_72k: experiment=moses_512_72k, to 72,000 steps, the best
+# sampler; moses_cifg: experiment=moses (CIFG 1 x 512); see each folder's README.md
 PRETRAINED = {
     name: _ASSETS / name
     for name in (
@@ -28,6 +28,7 @@ PRETRAINED = {
         "moses_512_48k",
         "moses_512_72k",
         "moses_72k",
+        "moses_cifg",
         "moses_fb",
         "moses_grammar",
     )
