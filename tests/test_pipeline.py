@@ -143,6 +143,7 @@ SHIPPED_RECIPES = {
     "moses_gru512": "moses_512",
     "moses_512_48k": "moses_512_48k",
     "moses_512_72k": "moses_512_72k",
+    "moses_cifg512_72k": "moses_cifg_72k",
     "moses_48k": "moses_48k",
     "moses_72k": "moses_72k",
     "moses_kl05": "moses",
