@@ -139,7 +139,7 @@ def test_wandb_logger_writes_an_offline_run_into_the_run_folder(root, tmp_path):
 
 # experiment -> the shipped model it makes
 SHIPPED_RECIPES = {
-    "moses": "moses_cifg",
+    "moses": "moses_cifg_ring7",
     "moses_gru512": "moses_512",
     "moses_512_48k": "moses_512_48k",
     "moses_512_72k": "moses_512_72k",
@@ -182,6 +182,8 @@ def test_single_run_experiments_compose_into_valid_configs(root, name):
         assert model.grammar == shipped["model"].get("grammar", False)
         assert model.dec_hidden == shipped["model"]["dec_hidden"]
         assert model.decoder == shipped["model"].get("decoder", "gru")
+        assert model.max_ring == shipped["model"].get("max_ring", 0)
+        assert data.max_ring == shipped["data"].get("max_ring", 0)
         # the branch masked its cool-down only: the one run switches the mask on where it starts
         assert train.grammar_from_step == (
             train.steps - train.lr_decay_steps if model.grammar else 0
@@ -191,7 +193,7 @@ def test_single_run_experiments_compose_into_valid_configs(root, name):
         assert model.grammar and train.lr_schedule == "wsd" and train.lr_decay_shape == "sqrt"
         assert train.lr_decay_steps == 6000
         assert train.grammar_from_step == train.steps - train.lr_decay_steps
-    if name == "moses_ring7":  # strings written small-ring-first, trained under the same limit
+    if name in ("moses", "moses_ring7"):  # strings written small-ring-first, trained under it
         assert data.max_ring == model.max_ring == 7 and model.grammar
     if name == "demo":  # the first report a user sees shows FCD, SNN, Frag, Scaf and Filters
         assert data.source == "moses_sample" and cfg.evaluate.reference == "moses_sample"

@@ -31,6 +31,7 @@ PRETRAINED = {
         "moses_72k",
         "moses_cifg",
         "moses_cifg_72k",
+        "moses_cifg_ring7",
         "moses_fb",
         "moses_grammar",
     )
