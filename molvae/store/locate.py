@@ -18,8 +18,9 @@ _ASSETS = Path(__file__).parents[1] / "assets" / "pretrained"
 # the grammar mask; moses_48k: experiment=moses_48k; moses_72k: experiment=moses_72k; moses_512:
 # experiment=moses_gru512 (GRU 1 x 512); moses_512_48k: experiment=moses_512_48k, the same
 # trained to 48,000 steps; moses_512_72k: experiment=moses_512_72k, to 72,000 steps, the best
-# GRU sampler; moses_cifg: experiment=moses (CIFG 1 x 512); moses_cifg_72k:
-# experiment=moses_cifg512_72k, the CIFG to 72,000 steps; see each folder's README.md
+# GRU sampler; moses_cifg: experiment=moses on canonical strings (CIFG 1 x 512); moses_cifg_ring7:
+# experiment=moses, the ring-size limit trained in; moses_cifg_72k: experiment=moses_cifg512_72k,
+# the CIFG to 72,000 steps; see each folder's README.md
 PRETRAINED = {
     name: _ASSETS / name
     for name in (
