@@ -57,7 +57,8 @@ def test_train_script_defaults_are_the_dataclass_defaults():
 def test_a_512_preset_is_the_decoder_of_its_moses_experiment(preset, experiment, decoder):
     """model=gru512 and model=cifg512 (the benchmark's train_gru512 and train_cifg512 stages) are
     model/default with the decoder width and type of experiment=moses_gru512 and experiment=moses,
-    whose grammar mask and ring-size limit are training choices, not the architecture."""
+    whose grammar mask, ring-size limit and matmul operand type are training choices, not the
+    architecture."""
     preset_cfg = _compose("config", [f"model={preset}"])["model"]
     default = _compose("config", [])["model"]
     recipe = _compose("config", [f"experiment={experiment}"])["model"]
@@ -67,7 +68,7 @@ def test_a_512_preset_is_the_decoder_of_its_moses_experiment(preset, experiment,
     assert {k: v for k, v in preset_cfg.items() if k not in changed} == {
         k: v for k, v in default.items() if k not in changed
     }
-    masks = ("grammar", "max_ring")
+    masks = ("grammar", "max_ring", "dtype")
     assert {k: v for k, v in recipe.items() if k not in masks} == {
         k: v for k, v in preset_cfg.items() if k not in masks
     }

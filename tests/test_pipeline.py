@@ -139,7 +139,7 @@ def test_wandb_logger_writes_an_offline_run_into_the_run_folder(root, tmp_path):
 
 # experiment -> the shipped model it makes
 SHIPPED_RECIPES = {
-    "moses": "moses_cifg_ring7",
+    "moses": "moses_cifg_ring7_bf16",
     "moses_gru512": "moses_512",
     "moses_512_48k": "moses_512_48k",
     "moses_512_72k": "moses_512_72k",
@@ -183,6 +183,7 @@ def test_single_run_experiments_compose_into_valid_configs(root, name):
         assert model.dec_hidden == shipped["model"]["dec_hidden"]
         assert model.decoder == shipped["model"].get("decoder", "gru")
         assert model.max_ring == shipped["model"].get("max_ring", 0)
+        assert model.dtype == shipped["model"].get("dtype", "float32")
         assert data.max_ring == shipped["data"].get("max_ring", 0)
         # the branch masked its cool-down only: the one run switches the mask on where it starts
         assert train.grammar_from_step == (
