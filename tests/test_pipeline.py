@@ -139,7 +139,8 @@ def test_wandb_logger_writes_an_offline_run_into_the_run_folder(root, tmp_path):
 
 # experiment -> the shipped model it makes
 SHIPPED_RECIPES = {
-    "moses": "moses_cifg_ring7_bf16",
+    "moses": "moses_cifg_ring7_bf16_40k",
+    "moses_30k": "moses_cifg_ring7_bf16",
     "moses_gru512": "moses_512",
     "moses_512_48k": "moses_512_48k",
     "moses_512_72k": "moses_512_72k",
@@ -189,12 +190,13 @@ def test_single_run_experiments_compose_into_valid_configs(root, name):
         assert train.grammar_from_step == (
             train.steps - train.lr_decay_steps if model.grammar else 0
         )
-    # a 6,000-step 1 - sqrt cool-down, masked
-    if name in ("moses", "moses_gru512", "moses_48k", "moses_72k", "moses_gpu"):
+    # a 1 - sqrt cool-down, masked: 6,000 steps, or the last 20% of experiment=moses's 40,000
+    if name in ("moses", "moses_30k", "moses_gru512", "moses_48k", "moses_72k", "moses_gpu"):
         assert model.grammar and train.lr_schedule == "wsd" and train.lr_decay_shape == "sqrt"
-        assert train.lr_decay_steps == 6000
+        assert train.lr_decay_steps == (8000 if name == "moses" else 6000)
         assert train.grammar_from_step == train.steps - train.lr_decay_steps
-    if name in ("moses", "moses_ring7"):  # strings written small-ring-first, trained under it
+    # strings written small-ring-first, trained under the ring-size limit
+    if name in ("moses", "moses_30k", "moses_ring7"):
         assert data.max_ring == model.max_ring == 7 and model.grammar
     if name == "demo":  # the first report a user sees shows FCD, SNN, Frag, Scaf and Filters
         assert data.source == "moses_sample" and cfg.evaluate.reference == "moses_sample"

@@ -19,8 +19,9 @@ _ASSETS = Path(__file__).parents[1] / "assets" / "pretrained"
 # experiment=moses_gru512 (GRU 1 x 512); moses_512_48k: experiment=moses_512_48k, the same
 # trained to 48,000 steps; moses_512_72k: experiment=moses_512_72k, to 72,000 steps, the best
 # GRU sampler; moses_cifg: experiment=moses on canonical strings (CIFG 1 x 512); moses_cifg_ring7:
-# experiment=moses's branch, the ring-size limit trained in; moses_cifg_ring7_bf16: experiment=moses
-# as one run (bfloat16 matmul operands); moses_cifg_72k: experiment=moses_cifg512_72k,
+# experiment=moses's branch, the ring-size limit trained in; moses_cifg_ring7_bf16:
+# experiment=moses_30k as one run (bfloat16 matmul operands); moses_cifg_ring7_bf16_40k:
+# experiment=moses (40,000 steps); moses_cifg_72k: experiment=moses_cifg512_72k,
 # the CIFG to 72,000 steps; see each folder's README.md
 PRETRAINED = {
     name: _ASSETS / name
@@ -35,6 +36,7 @@ PRETRAINED = {
         "moses_cifg_72k",
         "moses_cifg_ring7",
         "moses_cifg_ring7_bf16",
+        "moses_cifg_ring7_bf16_40k",
         "moses_fb",
         "moses_grammar",
     )
