@@ -21,8 +21,9 @@ _ASSETS = Path(__file__).parents[1] / "assets" / "pretrained"
 # GRU sampler; moses_cifg: experiment=moses on canonical strings (CIFG 1 x 512); moses_cifg_ring7:
 # experiment=moses's branch, the ring-size limit trained in; moses_cifg_ring7_bf16:
 # experiment=moses_30k as one run (bfloat16 matmul operands); moses_cifg_ring7_bf16_40k:
-# experiment=moses (40,000 steps); moses_cifg_72k: experiment=moses_cifg512_72k,
-# the CIFG to 72,000 steps; see each folder's README.md
+# experiment=moses (40,000 steps); moses_cifg_ring7_bf16_72k: experiment=moses_bf16_72k, the
+# same to 72,000 steps, the best sampler; moses_cifg_72k: experiment=moses_cifg512_72k, the CIFG
+# on canonical strings in float32 to 72,000 steps; see each folder's README.md
 PRETRAINED = {
     name: _ASSETS / name
     for name in (
@@ -37,6 +38,7 @@ PRETRAINED = {
         "moses_cifg_ring7",
         "moses_cifg_ring7_bf16",
         "moses_cifg_ring7_bf16_40k",
+        "moses_cifg_ring7_bf16_72k",
         "moses_fb",
         "moses_grammar",
     )
