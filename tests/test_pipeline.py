@@ -146,6 +146,7 @@ SHIPPED_RECIPES = {
     "moses_512_72k": "moses_512_72k",
     "moses_cifg512_72k": "moses_cifg_72k",
     "moses_bf16_72k": "moses_cifg_ring7_bf16_72k",
+    "moses_bf16_96k": "moses_cifg_ring7_bf16_96k",
     "moses_48k": "moses_48k",
     "moses_72k": "moses_72k",
     "moses_kl05": "moses",
