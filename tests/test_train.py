@@ -2,6 +2,8 @@
 
 import dataclasses
 import json
+import runpy
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -82,6 +84,34 @@ def test_resume_after_kill_gives_identical_parameters_and_metrics(arrays, tmp_pa
     for x, y in zip(_params(full.model), _params(resumed.model), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     assert _records(a / "metrics.jsonl") == _records(b / "metrics.jsonl")
+
+
+def test_a_run_packed_with_one_checkpoint_resumes_exactly_in_another_folder(arrays, tmp_path):
+    """scripts/carry_run.py: pack keeps every file but the other checkpoints; unpack into a new
+    folder, and the run's own config resumes there to the uninterrupted parameters."""
+    carry = runpy.run_path(str(Path(__file__).parents[1] / "scripts" / "carry_run.py"))
+    vocab, (tokens, lengths) = arrays
+    mcfg, tcfg = ModelConfig(vocab_size=len(vocab), **MODEL), TrainConfig(**TRAIN)
+    val = (tokens[:16], lengths[:16])
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    full = train(mcfg, tcfg, (tokens, lengths), val, a, JsonlLogger(a / "metrics.jsonl"))
+    with pytest.raises(Crash):  # dies at step 20, after the checkpoints of steps 8 and 16
+        train(mcfg, tcfg, (tokens, lengths), val, b, CrashingLogger(b / "metrics.jsonl", 20))
+    (b / "notes.txt").write_text("kept")
+    archive = tmp_path / "b.tar.gz"
+    with pytest.raises(SystemExit, match=r"no checkpoint at step 12"):
+        carry["pack"](b, archive, 12)
+    assert carry["pack"](b, archive) == 16
+    assert carry["unpack"](archive, c) == 16
+    assert sorted(p.name for p in (c / "checkpoints").iterdir()) == ["16"]
+    assert (c / "notes.txt").read_text() == "kept"
+    with pytest.raises(SystemExit, match=r"already has checkpoint 16"):
+        carry["unpack"](archive, c)
+    resumed = train(mcfg, tcfg, (tokens, lengths), val, c, JsonlLogger(c / "metrics.jsonl"))
+    assert resumed.step == full.step == 24
+    for x, y in zip(_params(full.model), _params(resumed.model), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert _records(a / "metrics.jsonl") == _records(c / "metrics.jsonl")
 
 
 def test_a_branch_continues_its_parent_exactly_and_wsd_cools_it_down(arrays, tmp_path):
