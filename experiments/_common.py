@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from molvae.runtime import tune_allocator
 from molvae.store import locate
+from molvae.training.config import TrainingStopped
 
 tune_allocator()  # before JAX starts its threads: XLA's step buffers stay mapped (see runtime.py)
 
@@ -60,6 +61,8 @@ def log_errors(main: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]
     def wrapper(cfg: DictConfig) -> Any:
         try:
             return main(cfg)
+        except TrainingStopped as e:  # logged by the loop; no traceback for a requested stop
+            sys.exit(f"stopped: {e}")
         except Exception:
             log.exception("%s failed", HydraConfig.get().job.name)
             raise

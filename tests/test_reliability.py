@@ -3,6 +3,7 @@ and a training process killed with SIGKILL."""
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -154,3 +155,33 @@ def test_sigkill_mid_run_resumes_to_the_uninterrupted_parameters(root, tmp_path)
     recs = _records(killed)
     assert [r["step"] for r in recs] == list(range(EVERY, STEPS + 1, EVERY))  # once each
     assert recs == _records(full)
+
+
+@pytest.mark.slow  # two train.py processes: ~40 s on 2 busy cores
+def test_sigterm_mid_run_saves_the_step_reached_and_the_same_command_finishes(root, tmp_path):
+    """A scheduler's SIGTERM (time limit, preemption) to train.py: it checkpoints the step it has
+    reached, says so and exits 1; the same command finishes the run from there."""
+    run = tmp_path / "term"
+    cmd, env = _train_cmd(root, run)
+    with open(tmp_path / "term.log", "w") as out:
+        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 300
+            while not ((run / names.CHECKPOINTS).is_dir() and _steps(run)):
+                assert proc.poll() is None, (tmp_path / "term.log").read_text()[-4000:]
+                assert time.monotonic() < deadline, "no checkpoint after 300 s"
+                time.sleep(0.01)
+            os.kill(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=120)
+        finally:
+            proc.kill()
+            proc.wait()
+    log = (tmp_path / "term.log").read_text()
+    assert proc.returncode == 1, log[-4000:]
+    stopped = re.search(r"stopped: training stopped by SIGTERM at step (\d+)", log)
+    assert stopped, log[-4000:]
+    step = int(stopped.group(1))
+    assert step < STEPS and _steps(run)[-1] == step, (step, _steps(run))
+    log = _train(root, run)
+    assert f"resumed from checkpoint at step {step}\n" in log
+    assert _steps(run)[-1] == STEPS

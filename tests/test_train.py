@@ -2,7 +2,9 @@
 
 import dataclasses
 import json
+import os
 import runpy
+import signal
 from pathlib import Path
 
 import jax
@@ -16,7 +18,7 @@ from molvae.loggers import JsonlLogger
 from molvae.models.vae import ModelConfig
 from molvae.store import folder
 from molvae.store.checkpoints import CheckpointError
-from molvae.training import NonFiniteLossError, TrainConfig, train
+from molvae.training import NonFiniteLossError, TrainConfig, TrainingStopped, train
 from molvae.vocab import Vocab
 
 
@@ -84,6 +86,42 @@ def test_resume_after_kill_gives_identical_parameters_and_metrics(arrays, tmp_pa
     for x, y in zip(_params(full.model), _params(resumed.model), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     assert _records(a / "metrics.jsonl") == _records(b / "metrics.jsonl")
+
+
+class SignallingLogger(JsonlLogger):
+    """Sends its own process a signal (a scheduler's SIGTERM, a Ctrl-C) when logging a step."""
+
+    def __init__(self, path, at, signum):
+        super().__init__(path)
+        self.at, self.signum = at, signum
+
+    def log(self, record):
+        super().log(record)
+        if record["step"] == self.at:
+            os.kill(os.getpid(), self.signum)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_training_with_a_checkpoint_of_the_step_reached(arrays, tmp_path, signum):
+    """SIGTERM/SIGINT mid-run: the loop saves a checkpoint of the next step (13, off the
+    ckpt_every=8 grid), raises TrainingStopped naming it, gives the signal handlers back, and the
+    same config resumes to the uninterrupted parameters."""
+    vocab, (tokens, lengths) = arrays
+    mcfg, tcfg = ModelConfig(vocab_size=len(vocab), **MODEL), TrainConfig(**TRAIN)
+    val = (tokens[:16], lengths[:16])
+    a, b = tmp_path / "a", tmp_path / "b"
+    full = train(mcfg, tcfg, (tokens, lengths), val, a, JsonlLogger(a / "metrics.jsonl"))
+    before = signal.getsignal(signum)
+    with pytest.raises(TrainingStopped, match=r"stopped by SIG(TERM|INT) at step 13"):
+        train(
+            mcfg, tcfg, (tokens, lengths), val, b, SignallingLogger(b / "metrics.jsonl", 12, signum)
+        )
+    assert signal.getsignal(signum) is before
+    assert sorted(int(p.name) for p in (b / "checkpoints").iterdir() if p.name.isdigit()) == [8, 13]
+    resumed = train(mcfg, tcfg, (tokens, lengths), val, b, JsonlLogger(b / "metrics.jsonl"))
+    assert resumed.step == full.step == 24
+    for x, y in zip(_params(full.model), _params(resumed.model), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def test_a_run_packed_with_one_checkpoint_resumes_exactly_in_another_folder(arrays, tmp_path):

@@ -9,6 +9,18 @@ class NonFiniteLossError(FloatingPointError):
     """The loss became nan/inf; the run stops and its last good checkpoint is kept."""
 
 
+class TrainingStopped(RuntimeError):
+    """SIGTERM or SIGINT (a scheduler's time limit, a preemption, Ctrl-C) stopped training after
+    a checkpoint of the step it had reached; the same command resumes it from there."""
+
+    def __init__(self, step: int, signal_name: str) -> None:
+        super().__init__(
+            f"training stopped by {signal_name} at step {step}, after saving a checkpoint of "
+            "that step; run the same command again to resume"
+        )
+        self.step, self.signal_name = step, signal_name
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Defaults are conf/train/default.yaml's (tests/test_config.py keeps them equal)."""

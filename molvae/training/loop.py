@@ -7,6 +7,8 @@ import dataclasses
 import json
 import logging
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +36,7 @@ from molvae.store.names import CHECKPOINTS, METRICS_JSONL, PARAMS_NPZ, RUN_FORMA
 from molvae.store.params import load_npz
 from molvae.training import joint
 from molvae.training.batches import Batches
-from molvae.training.config import NonFiniteLossError, TrainConfig
+from molvae.training.config import NonFiniteLossError, TrainConfig, TrainingStopped
 from molvae.training.schedules import lr_schedule, make_tx
 from molvae.training.steps import (
     evaluate_split,
@@ -54,6 +56,35 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     final_eval: dict[str, float] = field(default_factory=dict)
     predictor: Any = None  # the jointly trained Predictor (train.property_weight > 0)
+
+
+class _StopSignal:
+    """While training, SIGTERM or SIGINT is noted instead of killing the process: the loop then
+    checkpoints the step it has reached and raises TrainingStopped, so a scheduler's time limit,
+    a preemption or Ctrl-C loses no training. The first signal restores the previous handlers
+    (a second Ctrl-C interrupts at once). Installed from the main thread only."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignal:
+        if threading.current_thread() is threading.main_thread():
+            self._old = {s: signal.signal(s, self._note) for s in self.SIGNALS}
+        return self
+
+    def _note(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+        self._restore()
+
+    def _restore(self) -> None:
+        for s, handler in self._old.items():
+            signal.signal(s, handler)
+
+    def __exit__(self, *exc: object) -> None:
+        self._restore()
 
 
 class _Clock:
@@ -325,7 +356,7 @@ def train(
     bar = tqdm(total=cfg.steps, initial=start, desc="train", disable=not cfg.progress,
                dynamic_ncols=True, mininterval=1.0)  # fmt: skip
     step = start
-    with jax.set_mesh(mesh):
+    with jax.set_mesh(mesh), _StopSignal() as stop:
         while step < cfg.steps:
             t, l_ = batches(step)
             args = [t, l_, np.ones(len(t), np.float32)]
@@ -369,14 +400,15 @@ def train(
                         planner = None
             out_of_cpu = bool(cfg.cpu_budget_s) and clock.cpu_s() >= cfg.cpu_budget_s
             out_of_time = bool(budget) and _now() - t_begin >= budget
-            last = step == cfg.steps or out_of_cpu or out_of_time
+            stopped = stop.signum is not None
+            last = step == cfg.steps or out_of_cpu or out_of_time or stopped
             is_ckpt = step % cfg.ckpt_every == 0 or last
             if step % cfg.log_every == 0 or is_ckpt or step % cfg.eval_every == 0:
                 rec = _flush(pending, step)
                 rec["mol_per_s"], rec["time"] = clock.throughput()
                 rec["lr"] = float(lr(step))
                 rec["cpu_s"], rec["mols_seen"] = clock.cpu_s(), step * cfg.batch_size
-                if step % cfg.eval_every == 0 or last:
+                if step % cfg.eval_every == 0 or (last and not stopped):  # stop quickly
                     rec.update(evaluate_split(eval_step, state[0], val_t, val_l, eval_bs))
                 logger.log(rec)
                 history.append(rec)
@@ -387,6 +419,11 @@ def train(
                     if plan is not None:
                         meta["plan"] = plan
                     ckpts.save_checkpoint(mngr, step, state, {**meta_base, **meta})
+            if stopped:
+                bar.close()
+                err = TrainingStopped(step, signal.Signals(stop.signum).name)
+                log.warning("%s", err)
+                raise err
             if out_of_cpu:
                 log.info("train.cpu_budget_s %.0f reached at step %d", cfg.cpu_budget_s, step)
                 break
