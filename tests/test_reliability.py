@@ -118,25 +118,34 @@ def _params(run: Path) -> dict[str, np.ndarray]:
     return params.flatten_tree(jax.device_get(nnx.to_pure_dict(state)))
 
 
+def _signal_after_first_checkpoint(root: Path, run: Path, signum: int) -> tuple[int, str]:
+    """Start train.py into `run`, send it `signum` once its first checkpoint exists, wait for it
+    to end; its exit status and output."""
+    cmd, env = _train_cmd(root, run)
+    log_path = run.with_suffix(".log")
+    with open(log_path, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 300
+            while not ((run / names.CHECKPOINTS).is_dir() and _steps(run)):
+                assert proc.poll() is None, log_path.read_text()[-4000:]
+                assert time.monotonic() < deadline, "no checkpoint after 300 s"
+                time.sleep(0.01)
+            os.kill(proc.pid, signum)
+            proc.wait(timeout=120)
+        finally:
+            proc.kill()  # no-op once it is dead; never leave it running if an assert fired
+            proc.wait()
+    return proc.returncode, log_path.read_text()
+
+
 @pytest.mark.slow  # three train.py processes: ~1 min on 2 busy cores
 def test_sigkill_mid_run_resumes_to_the_uninterrupted_parameters(root, tmp_path):
     full, killed = tmp_path / "full", tmp_path / "killed"
     _train(root, full)
 
-    cmd, env = _train_cmd(root, killed)
-    with open(tmp_path / "killed.log", "w") as out:
-        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 300
-            while not ((killed / names.CHECKPOINTS).is_dir() and _steps(killed)):
-                assert proc.poll() is None, (tmp_path / "killed.log").read_text()[-4000:]
-                assert time.monotonic() < deadline, "no checkpoint after 300 s"
-                time.sleep(0.01)
-            os.kill(proc.pid, signal.SIGKILL)
-        finally:
-            proc.kill()  # no-op once it is dead; never leave it running if an assert fired
-            proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    returncode, _ = _signal_after_first_checkpoint(root, killed, signal.SIGKILL)
+    assert returncode == -signal.SIGKILL
     at_kill = _steps(killed)
     assert at_kill and at_kill[-1] < STEPS, f"the kill came too late: checkpoints {at_kill}"
 
@@ -162,22 +171,8 @@ def test_sigterm_mid_run_saves_the_step_reached_and_the_same_command_finishes(ro
     """A scheduler's SIGTERM (time limit, preemption) to train.py: it checkpoints the step it has
     reached, says so and exits 1; the same command finishes the run from there."""
     run = tmp_path / "term"
-    cmd, env = _train_cmd(root, run)
-    with open(tmp_path / "term.log", "w") as out:
-        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 300
-            while not ((run / names.CHECKPOINTS).is_dir() and _steps(run)):
-                assert proc.poll() is None, (tmp_path / "term.log").read_text()[-4000:]
-                assert time.monotonic() < deadline, "no checkpoint after 300 s"
-                time.sleep(0.01)
-            os.kill(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=120)
-        finally:
-            proc.kill()
-            proc.wait()
-    log = (tmp_path / "term.log").read_text()
-    assert proc.returncode == 1, log[-4000:]
+    returncode, log = _signal_after_first_checkpoint(root, run, signal.SIGTERM)
+    assert returncode == 1, log[-4000:]
     stopped = re.search(r"stopped: training stopped by SIGTERM at step (\d+)", log)
     assert stopped, log[-4000:]
     step = int(stopped.group(1))
