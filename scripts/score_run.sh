@@ -7,7 +7,8 @@
 #   likelihood.json           held-out NLL bound, k = 64, first 1,000 MOSES test molecules
 #
 # usage: scripts/score_run.sh RUN_DIR STEP RECORD_DIR
-#   N=30000 (samples per seed) and PYTHON=python may be set in the environment.
+#   N=30000 (samples per seed) and PYTHON=python may be set in the environment; it may be run
+#   from any folder (RUN_DIR and RECORD_DIR are taken relative to the current one).
 # ~1 h on 2 CPU cores for N=30000. Each step is one of the documented commands, so a step that
 # fails can be rerun by hand; the script stops at the first failure.
 set -euo pipefail
@@ -21,8 +22,7 @@ step=$2
 rec=$3
 n=${N:-30000}
 py=${PYTHON:-python}
-bindir=$(dirname "$(command -v "$py")")
-molvae_cli=${MOLVAE:-$bindir/molvae}
+root=$(cd "$(dirname "$0")/.." && pwd)
 
 if [ ! -f "$run/run.json" ]; then
   echo "error: $run is not a run folder (no run.json)" >&2
@@ -33,16 +33,16 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
 echo "== MOSES protocol, seed 0 ($n samples)"
-"$py" experiments/sample.py run_dir="$run" n="$n" seed=0
-"$py" experiments/evaluate.py run_dir="$run" reference=moses metrics=all
+"$py" "$root/experiments/sample.py" run_dir="$run" n="$n" seed=0
+"$py" "$root/experiments/evaluate.py" run_dir="$run" reference=moses metrics=all
 cp "$run/metrics.json" "$rec/moses-metrics.json"
 
 echo "== MOSES protocol, seed 1 ($n samples)"
-"$molvae_cli" sample "$run" -n "$n" --seed 1 -o "$tmp/seed1.csv"
-"$molvae_cli" evaluate "$tmp/seed1.csv" --reference moses -o "$rec/moses-metrics-seed1.json"
+"$py" -m molvae.cli sample "$run" -n "$n" --seed 1 -o "$tmp/seed1.csv"
+"$py" -m molvae.cli evaluate "$tmp/seed1.csv" --reference moses -o "$rec/moses-metrics-seed1.json"
 
 echo "== quality protocol at step $step"
-"$py" experiments/quality.py "runs=[$run]" "steps=[$step]" n_jobs=1 out="$tmp/quality"
+"$py" "$root/experiments/quality.py" "runs=[$run]" "steps=[$step]" n_jobs=1 out="$tmp/quality"
 cp "$tmp/quality/quality.csv" "$tmp/quality/quality.md" "$rec/"
 if [ -f "$tmp/quality/quality_validation.csv" ]; then
   cp "$tmp/quality/quality_validation.csv" "$rec/"
