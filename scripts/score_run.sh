@@ -4,7 +4,9 @@
 #   moses-metrics.json        MOSES protocol, N prior samples at temperature 1, sampling seed 0
 #   moses-metrics-seed1.json  the same with sampling seed 1 (through the `molvae` CLI)
 #   quality.csv, quality.md, quality_validation.csv   the quality protocol at checkpoint STEP
-#   likelihood.json           held-out NLL bound, k = 64, first 1,000 MOSES test molecules
+#   likelihood.json           held-out NLL bound, k = 64, first 1,000 MOSES test molecules, with
+#                             per_symbol from the bundled sample's test split (calibrate_anomaly.py,
+#                             as the shipped models have it)
 #
 # usage: scripts/score_run.sh RUN_DIR STEP RECORD_DIR
 #   N=30000 (samples per seed) and PYTHON=python may be set in the environment; it may be run
@@ -51,6 +53,7 @@ fi
 echo "== held-out likelihood, k = 64"
 "$py" -c "import sys; from molvae.evaluation.run import test_likelihood; \
 print(test_likelihood(sys.argv[1], n=1000, k=64))" "$run"
+"$py" "$root/scripts/calibrate_anomaly.py" "$run" "$root/molvae/assets/moses_sample/test.csv.gz" --n 1000
 cp "$run/likelihood.json" "$rec/likelihood.json"
 
 echo "== wrote $(ls "$rec" | tr '\n' ' ')to $rec"
