@@ -74,6 +74,44 @@ def tune_allocator() -> bool:
     return _done
 
 
+# x86 CPU flags of bfloat16 matmul units (AVX-512 BF16, AMX tiles). Without either, XLA:CPU
+# widens bfloat16 operands to float32 around each matmul, so bfloat16 only costs time.
+_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+def cpu_bfloat16_units(cpuinfo: str | None = None) -> bool | None:
+    """Whether this x86 CPU has bfloat16 matmul units (AVX-512 BF16 or AMX): True or False from
+    the `flags` line of /proc/cpuinfo (or the text given), None where that cannot be read (not
+    Linux, not x86)."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return None
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return bool(_BF16_FLAGS & set(value.split()))
+    return None
+
+
+def dtype_advice(dtype: str, backend: str, cpuinfo: str | None = None) -> str | None:
+    """A warning for a compute dtype that is slower than float32 on this host, else None.
+
+    Measured with `experiments/benchmark.py 'stages=[matmul,train_cifg512,train_cifg512_bf16]'`
+    on 2 cores: bfloat16 trains the CIFG 1 x 512 1.39x faster than float32 on a CPU with AMX,
+    but 0.80x (246 against 306 molecules/s) on an AMD EPYC with AVX2 only (2026-12-06)."""
+    if dtype != "bfloat16" or backend != "cpu" or cpu_bfloat16_units(cpuinfo) is not False:
+        return None
+    return (
+        "model.dtype=bfloat16 on a CPU without bfloat16 matmul units (no avx512_bf16 or "
+        "amx_bf16 flag): XLA emulates them, and training runs ~0.8x the float32 speed "
+        "(README: Training, mixed precision). model.dtype=float32 trains the same model "
+        "faster here, at the same quality per step."
+    )
+
+
 _TRACES = [0]  # functions traced (a new shape or static argument: a compile) since start-up
 
 

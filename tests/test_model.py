@@ -1,5 +1,6 @@
 """The model's pieces against closed forms and reference computations."""
 
+import dataclasses
 import os
 import platform
 import subprocess
@@ -235,7 +236,6 @@ def test_bfloat16_matmuls_stay_close_to_float32(decoder):
     """model.dtype=bfloat16 rounds the recurrent matmul operands only (the GRU's, and the CIFG's
     of experiment=moses_gpu with its hand-written backward pass): same parameters, logits and
     gradients within bfloat16 rounding of the float32 model's."""
-    import dataclasses
 
     f32 = _model(True, 2, decoder)
     cfg16 = dataclasses.replace(f32.cfg, dtype="bfloat16")
@@ -285,6 +285,39 @@ def test_tune_allocator_is_idempotent_and_can_be_switched_off(monkeypatch):
     monkeypatch.setenv("MOLVAE_TUNE_MALLOC", "0")
     assert rt.tune_allocator() is False
     monkeypatch.setattr(rt, "_done", first)
+
+
+AMX_CPU = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
+AVX2_CPU = "processor\t: 0\nflags\t\t: fpu sse2 fma avx avx2\n"
+ARM_CPU = "processor\t: 0\nFeatures\t: fp asimd bf16\n"
+
+
+def test_bfloat16_on_a_cpu_without_bfloat16_units_is_flagged_as_slower(monkeypatch, caplog):
+    """runtime.dtype_advice warns for model.dtype=bfloat16 only on an x86 CPU whose flags lack
+    both avx512_bf16 and amx_bf16 (measured 0.80x float32 there); training logs it."""
+    import molvae.runtime as rt
+    from molvae.training import loop
+
+    assert rt.cpu_bfloat16_units(AMX_CPU) is True
+    assert rt.cpu_bfloat16_units(AVX2_CPU.replace("avx2", "avx2 avx512_bf16")) is True
+    assert rt.cpu_bfloat16_units(AVX2_CPU) is False
+    assert rt.cpu_bfloat16_units(ARM_CPU) is None  # not x86: unknown, no advice
+    assert "model.dtype=float32" in rt.dtype_advice("bfloat16", "cpu", AVX2_CPU)
+    for args in [
+        ("bfloat16", "cpu", AMX_CPU),
+        ("bfloat16", "cpu", ARM_CPU),
+        ("float32", "cpu", AVX2_CPU),
+        ("bfloat16", "gpu", AVX2_CPU),
+    ]:
+        assert rt.dtype_advice(*args) is None, args
+
+    monkeypatch.setattr(rt, "cpu_bfloat16_units", lambda cpuinfo=None: False)
+    cfg = ModelConfig(vocab_size=12, embed_dim=8, enc_hidden=8, latent_dim=4, dec_hidden=8)
+    with caplog.at_level("WARNING", logger="molvae.training.loop"):
+        loop._initial_state(cfg, TrainConfig(), None)
+        assert "without bfloat16 matmul units" not in caplog.text
+        loop._initial_state(dataclasses.replace(cfg, dtype="bfloat16"), TrainConfig(), None)
+    assert "without bfloat16 matmul units" in caplog.text
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc allocator settings")

@@ -22,7 +22,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
-from molvae import chem
+from molvae import chem, runtime
 from molvae import data as data_mod
 from molvae.distributed import state_sharding
 from molvae.loggers import Logger, truncate_jsonl
@@ -122,6 +122,8 @@ def _initial_state(
     opt = nnx.Optimizer(model, make_tx(cfg), wrt=nnx.Param)
     n_params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
     log.info("model: %s parameters, %s", f"{n_params:,}", model_cfg)
+    if advice := runtime.dtype_advice(model_cfg.dtype, jax.default_backend()):
+        log.warning(advice)
     if y_train is None:
         return (*nnx.split((model, opt)), model)
     pred = joint.joint_predictor(model_cfg, cfg, y_train)
