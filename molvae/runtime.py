@@ -75,7 +75,7 @@ def tune_allocator() -> bool:
 
 
 # x86 CPU flags of bfloat16 matmul units (AVX-512 BF16, AMX tiles). Without either, XLA:CPU
-# widens bfloat16 operands to float32 around each matmul, so bfloat16 only costs time.
+# emulates bfloat16 matmuls, and they run slower than float32 ones (dtype_advice).
 _BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 
 

@@ -236,7 +236,6 @@ def test_bfloat16_matmuls_stay_close_to_float32(decoder):
     """model.dtype=bfloat16 rounds the recurrent matmul operands only (the GRU's, and the CIFG's
     of experiment=moses_gpu with its hand-written backward pass): same parameters, logits and
     gradients within bfloat16 rounding of the float32 model's."""
-
     f32 = _model(True, 2, decoder)
     cfg16 = dataclasses.replace(f32.cfg, dtype="bfloat16")
     b16 = VAE(cfg16, rngs=nnx.Rngs(0))
