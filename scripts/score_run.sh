@@ -12,9 +12,8 @@
 #   N=30000 (samples per seed) and PYTHON=python may be set in the environment; it may be run
 #   from any folder (RUN_DIR and RECORD_DIR are taken relative to the current one).
 # ~13 min on 2 CPU cores with AMX for N=30000 and the reference statistics cached (measured
-# 2026-12-07 on outputs/moses_bf16_160k, end to end).
-# Each step is one of the documented commands, so a step that
-# fails can be rerun by hand; the script stops at the first failure.
+# 2026-12-07 on outputs/moses_bf16_160k, end to end). Each step is one of the documented
+# commands, so a step that fails can be rerun by hand; the script stops at the first failure.
 set -euo pipefail
 
 if [ "$#" -ne 3 ]; then
