@@ -518,7 +518,7 @@ def plot_scaling(
     panels = [("FCD/Test", "FCD/Test"), ("Filters", "1 - Filters (MCF/PAINS failure rate)")]
     if "q_nll" in df and df["q_nll"].notna().all():
         panels.append(("q_nll", "held-out NLL bound (nats, quality protocol)"))
-    fig = Figure(figsize=(4.2 * len(panels), 8), layout="constrained")
+    fig = Figure(figsize=(4.2 * len(panels), 8.8), layout="constrained")
     canvas = FigureCanvasAgg(fig)
     axes = fig.subplots(2, len(panels), squeeze=False)
     recipes = df["recipe"].fillna("") if "recipe" in df else pd.Series("", index=df.index)
@@ -574,6 +574,8 @@ def plot_scaling(
             if row == 0:
                 ax.xaxis.set_major_formatter(ScalarFormatter())
                 ax.xaxis.set_minor_formatter(ScalarFormatter())
+            else:  # labelled minor ticks of a short molecule range ran into each other
+                ax.xaxis.set_minor_formatter(NullFormatter())
             ax.set_xlabel(
                 "CPU hours of training (process time, 2 cores)" if row == 0 else "molecules seen"
             )
@@ -582,7 +584,12 @@ def plot_scaling(
                 f"{'MOSES' if name != 'q_nll' else 'quality'} protocol: {name}", fontsize=10
             )
             ax.grid(alpha=0.3, which="both")
-            ax.legend(fontsize=7, loc="best")
+    # one legend for all panels, below them: per-panel legends covered the curves
+    labelled: dict[str, Any] = {}
+    for ax in axes.flat:
+        for handle, text in zip(*ax.get_legend_handles_labels(), strict=True):
+            labelled.setdefault(text, handle)
+    fig.legend(labelled.values(), labelled.keys(), loc="outside lower center", ncols=3, fontsize=8)
     fig.suptitle(
         "each recipe trained for different lengths (orange: local exponent per segment)",
         fontsize=10,
