@@ -30,6 +30,9 @@ def test_every_checkpoint_is_scored_once_with_its_cpu_time(scored, monkeypatch):
     assert [r["step"] for r in recs] == quality.checkpoint_steps(run) == [30]
     meta = quality.checkpoint_meta(run, 30)
     assert recs[0]["cpu_s"] == meta["cpu_s"] > 0 and recs[0]["mols_seen"] == 30 * 32
+    # The run folder may be named by a string too (as a user types it).
+    assert quality.checkpoint_steps(str(run)) == [30]
+    assert quality.checkpoint_meta(str(run), 30) == meta
     # A rerun scores nothing again: the scores are read back from quality.jsonl.
     monkeypatch.setattr(quality, "score_model", lambda *a, **k: pytest.fail("rescored"))
     assert quality.score_run(run, PROTOCOL, reference=ref, held_out=HELD_OUT) == recs

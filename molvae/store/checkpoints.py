@@ -44,24 +44,24 @@ def checkpoint_manager(run_dir: Path, keep: int | None = None) -> ocp.Checkpoint
     return ocp.CheckpointManager((run_dir / CHECKPOINTS).absolute(), options=opts)
 
 
-def reader(run_dir: Path) -> ocp.CheckpointManager | None:
+def reader(run_dir: str | Path) -> ocp.CheckpointManager | None:
     """The run's checkpoints, read-only (nothing created or cleaned); None if it has none."""
-    ckpt = (run_dir / CHECKPOINTS).absolute()
+    ckpt = (Path(run_dir) / CHECKPOINTS).absolute()
     if not ckpt.exists():
         return None
     warn_partial_checkpoints(ckpt)
     return ocp.CheckpointManager(ckpt, options=ocp.CheckpointManagerOptions(create=False))
 
 
-def checkpoint_steps(run_dir: Path) -> list[int]:
+def checkpoint_steps(run_dir: str | Path) -> list[int]:
     """The steps of the run's complete checkpoints, ascending."""
     mngr = reader(run_dir)
     return sorted(mngr.all_steps()) if mngr is not None else []
 
 
-def checkpoint_meta(run_dir: Path, step: int) -> dict[str, Any]:
+def checkpoint_meta(run_dir: str | Path, step: int) -> dict[str, Any]:
     """The JSON record saved with checkpoint `step` (step, cpu_s, mols_seen, ...); {} if none."""
-    path = run_dir / CHECKPOINTS / str(step) / "meta" / "metadata"
+    path = Path(run_dir) / CHECKPOINTS / str(step) / "meta" / "metadata"
     return json.loads(path.read_text()) if path.exists() else {}
 
 
