@@ -507,9 +507,10 @@ def plot_scaling(
     protocol, against CPU hours of training (top) and molecules seen (bottom), log-log. Each
     recipe (the `recipe` column, if any; one curve per value, named in the legend) is joined in
     order of compute, each segment labelled with its local exponent (`local_exponents`); the
-    targets are dashed lines. `reference`: a published model's `mols_seen` and metrics, drawn on
-    the bottom row. No power law is drawn beyond the data: `scripts/scaling_curve.py` prints the
-    fits and what they extrapolate to."""
+    targets are dashed lines. The top row names every run, the bottom row each curve's last run.
+    `reference`: a published model's `mols_seen` and metrics, drawn on the bottom row. No power
+    law is drawn beyond the data: `scripts/scaling_curve.py` prints the fits and what they
+    extrapolate to."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
@@ -538,7 +539,10 @@ def plot_scaling(
                     color=colors[k % len(colors)],
                     label=recipe or "measured (cooled-down models)",
                 )
-                for x, v, run in zip(xs, y, part["run"], strict=True):
+                # The top row names every run; the bottom row, where recipes crowd into a
+                # short molecule range, names each curve at its last run only.
+                named = zip(xs, y, part["run"], strict=True)
+                for x, v, run in list(named) if row == 0 else list(named)[-1:]:
                     ax.annotate(run, (x, v), fontsize=7, xytext=(4, 4), textcoords="offset points")
                 for i, e in enumerate(local_exponents(xs, y)):
                     mid = (np.sqrt(xs[i] * xs[i + 1]), np.sqrt(y[i] * y[i + 1]))
