@@ -541,8 +541,8 @@ def plot_scaling(
                 )
                 # The top row names every run; the bottom row, where recipes crowd into a
                 # short molecule range, names each curve at its last run only.
-                named = zip(xs, y, part["run"], strict=True)
-                for x, v, run in list(named) if row == 0 else list(named)[-1:]:
+                named = list(zip(xs, y, part["run"], strict=True))
+                for x, v, run in named if row == 0 else named[-1:]:
                     ax.annotate(run, (x, v), fontsize=7, xytext=(4, 4), textcoords="offset points")
                 for i, e in enumerate(local_exponents(xs, y)):
                     mid = (np.sqrt(xs[i] * xs[i + 1]), np.sqrt(y[i] * y[i + 1]))
