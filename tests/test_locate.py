@@ -27,8 +27,9 @@ def test_missing_and_foreign_folders_name_the_problem(tmp_path):
         match=r"unknown pretrained model 'zinc'; available: "
         r"\['moses', 'moses_48k', 'moses_512', 'moses_512_48k', 'moses_512_72k', 'moses_72k', "
         r"'moses_cifg', 'moses_cifg_72k', 'moses_cifg_ring7', 'moses_cifg_ring7_bf16', "
-        r"'moses_cifg_ring7_bf16_120k', 'moses_cifg_ring7_bf16_160k', 'moses_cifg_ring7_bf16_40k', "
-        r"'moses_cifg_ring7_bf16_72k', 'moses_cifg_ring7_bf16_96k', "
+        r"'moses_cifg_ring7_bf16_120k', 'moses_cifg_ring7_bf16_160k', "
+        r"'moses_cifg_ring7_bf16_240k', 'moses_cifg_ring7_bf16_40k', 'moses_cifg_ring7_bf16_72k', "
+        r"'moses_cifg_ring7_bf16_96k', "
         r"'moses_fb'",
     ):
         locate.run_folder("pretrained:zinc")

@@ -149,6 +149,7 @@ SHIPPED_RECIPES = {
     "moses_bf16_96k": "moses_cifg_ring7_bf16_96k",
     "moses_bf16_120k": "moses_cifg_ring7_bf16_120k",
     "moses_bf16_160k": "moses_cifg_ring7_bf16_160k",
+    "moses_bf16_240k": "moses_cifg_ring7_bf16_240k",
     "moses_48k": "moses_48k",
     "moses_72k": "moses_72k",
     "moses_kl05": "moses",

@@ -24,7 +24,8 @@ _ASSETS = Path(__file__).parents[1] / "assets" / "pretrained"
 # experiment=moses (40,000 steps); moses_cifg_ring7_bf16_72k: experiment=moses_bf16_72k, the
 # same to 72,000 steps; moses_cifg_ring7_bf16_96k: experiment=moses_bf16_96k, to 96,000 steps;
 # moses_cifg_ring7_bf16_120k: experiment=moses_bf16_120k, to 120,000 steps;
-# moses_cifg_ring7_bf16_160k: experiment=moses_bf16_160k, to 160,000 steps, the best sampler;
+# moses_cifg_ring7_bf16_160k: experiment=moses_bf16_160k, to 160,000 steps;
+# moses_cifg_ring7_bf16_240k: experiment=moses_bf16_240k, to 240,000 steps, the best sampler;
 # moses_cifg_72k: experiment=moses_cifg512_72k, the CIFG
 # on canonical strings in float32 to 72,000 steps; see each folder's README.md
 PRETRAINED = {
@@ -45,6 +46,7 @@ PRETRAINED = {
         "moses_cifg_ring7_bf16_96k",
         "moses_cifg_ring7_bf16_120k",
         "moses_cifg_ring7_bf16_160k",
+        "moses_cifg_ring7_bf16_240k",
         "moses_fb",
         "moses_grammar",
     )
