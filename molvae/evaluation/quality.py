@@ -373,20 +373,20 @@ def score_fixed(
 
 
 def plot_rate_distortion(df: pd.DataFrame, path: Path) -> Path:
-    """Rate against distortion (bits per held-out molecule) at each run's last checkpoint, each
-    point labelled with the run and its FCD/Test: how much the latent code carries against how
-    realistic the prior samples are."""
+    """Each run's last checkpoint in two panels: rate against distortion (bits per held-out
+    molecule), each point labelled with the run and coloured by its FCD/Test (how much the latent
+    code carries against how realistic the prior samples are); and FCD/Test and greedy
+    reconstruction against the rate (what a bit of latent buys and costs)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    last = df.groupby("run").tail(1)
+    last = df.groupby("run").tail(1).sort_values("rate")
     bits = 1 / math.log(2)
-    fig = Figure(figsize=(6, 4.5), layout="constrained")
+    rate = last["rate"] * bits
+    fig = Figure(figsize=(11, 4.5), layout="constrained")
     canvas = FigureCanvasAgg(fig)
-    ax = fig.subplots()
-    sc = ax.scatter(
-        last["rate"] * bits, last["distortion"] * bits, c=last["FCD/Test"], cmap="viridis"
-    )
+    ax, ax_fcd = fig.subplots(1, 2)
+    sc = ax.scatter(rate, last["distortion"] * bits, c=last["FCD/Test"], cmap="viridis")
     for row in last.to_dict("records"):
         ax.annotate(
             f"{row['run']} (FCD {row['FCD/Test']:.2f})",
@@ -398,7 +398,27 @@ def plot_rate_distortion(df: pd.DataFrame, path: Path) -> Path:
     fig.colorbar(sc, ax=ax, label="FCD/Test")
     ax.set_xlabel("rate: KL(q(z|x) || p(z)), bits")
     ax.set_ylabel("distortion: E_q[-log p(x|z)], bits")
+    ax.set_title("rate and distortion of held-out molecules", fontsize=10)
     ax.grid(alpha=0.3)
+    ax_fcd.plot(rate, last["FCD/Test"], "o", color="tab:blue", label="FCD/Test (left)")
+    for row in last.to_dict("records"):
+        ax_fcd.annotate(
+            row["run"],
+            (row["rate"] * bits, row["FCD/Test"]),
+            fontsize=7,
+            xytext=(4, 4),
+            textcoords="offset points",
+        )
+    ax_fcd.set_xlabel("rate, bits")
+    ax_fcd.set_ylabel("FCD/Test (prior samples)", color="tab:blue")
+    ax_fcd.grid(alpha=0.3)
+    ax_rec = ax_fcd.twinx()
+    ax_rec.plot(rate, last["recon"], "s", color="tab:red", label="greedy reconstruction (right)")
+    ax_rec.set_ylabel("greedy reconstruction (held-out)", color="tab:red")
+    ax_rec.set_ylim(bottom=0)
+    ax_fcd.set_title("what the rate buys and costs", fontsize=10)
+    handles = ax_fcd.get_legend_handles_labels()[0] + ax_rec.get_legend_handles_labels()[0]
+    ax_fcd.legend(handles=handles, fontsize=7, loc="upper left")
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.print_png(str(path))
     return path
