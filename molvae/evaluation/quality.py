@@ -387,28 +387,19 @@ def plot_rate_distortion(df: pd.DataFrame, path: Path) -> Path:
     canvas = FigureCanvasAgg(fig)
     ax, ax_fcd = fig.subplots(1, 2)
     sc = ax.scatter(rate, last["distortion"] * bits, c=last["FCD/Test"], cmap="viridis")
+    label = {"fontsize": 7, "xytext": (4, 4), "textcoords": "offset points"}
     for row in last.to_dict("records"):
+        x = row["rate"] * bits
         ax.annotate(
-            f"{row['run']} (FCD {row['FCD/Test']:.2f})",
-            (row["rate"] * bits, row["distortion"] * bits),
-            fontsize=7,
-            xytext=(4, 4),
-            textcoords="offset points",
+            f"{row['run']} (FCD {row['FCD/Test']:.2f})", (x, row["distortion"] * bits), **label
         )
+        ax_fcd.annotate(row["run"], (x, row["FCD/Test"]), **label)
     fig.colorbar(sc, ax=ax, label="FCD/Test")
     ax.set_xlabel("rate: KL(q(z|x) || p(z)), bits")
     ax.set_ylabel("distortion: E_q[-log p(x|z)], bits")
     ax.set_title("rate and distortion of held-out molecules", fontsize=10)
     ax.grid(alpha=0.3)
     ax_fcd.plot(rate, last["FCD/Test"], "o", color="tab:blue", label="FCD/Test (left)")
-    for row in last.to_dict("records"):
-        ax_fcd.annotate(
-            row["run"],
-            (row["rate"] * bits, row["FCD/Test"]),
-            fontsize=7,
-            xytext=(4, 4),
-            textcoords="offset points",
-        )
     ax_fcd.set_xlabel("rate, bits")
     ax_fcd.set_ylabel("FCD/Test (prior samples)", color="tab:blue")
     ax_fcd.grid(alpha=0.3)
