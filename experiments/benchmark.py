@@ -136,8 +136,11 @@ def summary(r: dict) -> dict:
         "gru512",
         "lstm512",
         "cifg512",
+        "cifg768",
         "moses_gru",
         "default_bf16",
+        "cifg512_bf16",
+        "cifg768_bf16",
         "moses_gru_bf16",
     )
     for preset in presets:
@@ -209,8 +212,11 @@ def markdown(res: dict) -> str:
             "mfu_gru512",
             "mfu_lstm512",
             "mfu_cifg512",
+            "mfu_cifg768",
             "mfu_moses_gru",
             "mfu_default_bf16",
+            "mfu_cifg512_bf16",
+            "mfu_cifg768_bf16",
             "mfu_moses_gru_bf16",
             "moses_gru_vs_peer",
             "moses_gru_bf16_vs_peer",

@@ -41,6 +41,7 @@ def test_summary_has_the_contract_keys_and_the_ratios():
             "train_gflops": 200.0,
             "matmul_gflops_bf16_here": 300.0,  # lower than the matmul stage's: not used
         },
+        "train_cifg768_bf16": {"train_mol_per_s": 60.0, "train_gflops": 100.0},
         "sample": {
             "sample_decode_mol_per_s": 8000.0,
             "sample_end_to_end_mol_per_s": 3000.0,
@@ -64,6 +65,8 @@ def test_summary_has_the_contract_keys_and_the_ratios():
     assert s["moses_gru_vs_peer"] == pytest.approx(1.75)
     assert s["moses_gru_bf16_vs_peer"] == pytest.approx(2.0)
     assert s["mfu_moses_gru_bf16"] == pytest.approx(0.5)  # against the bfloat16 peak
+    assert s["train_mol_per_s_cifg768_bf16"] == 60.0  # the width arm's architecture
+    assert s["mfu_cifg768_bf16"] == pytest.approx(0.25)
     assert s["sample_floor_ratio"] == pytest.approx(2.0)
     assert s["sample_floor_ratio_serial"] == pytest.approx(1.75)
     assert s["mfu_sample_decode"] == pytest.approx(8000 * 20e6 / 200e9)

@@ -51,18 +51,24 @@ def test_train_script_defaults_are_the_dataclass_defaults():
 
 
 @pytest.mark.parametrize(
-    ("preset", "experiment", "decoder"),
-    [("gru512", "moses_gru512", "gru"), ("cifg512", "moses", "cifg")],
+    ("preset", "experiment", "decoder", "width"),
+    [
+        ("gru512", "moses_gru512", "gru", 512),
+        ("cifg512", "moses", "cifg", 512),
+        ("cifg768", "moses_cifg768_160k", "cifg", 768),
+    ],
 )
-def test_a_512_preset_is_the_decoder_of_its_moses_experiment(preset, experiment, decoder):
-    """model=gru512 and model=cifg512 (the benchmark's train_gru512 and train_cifg512 stages) are
-    model/default with the decoder width and type of experiment=moses_gru512 and experiment=moses,
-    whose grammar mask, ring-size limit and matmul operand type are training choices, not the
-    architecture."""
+def test_a_benchmark_preset_is_the_decoder_of_its_moses_experiment(
+    preset, experiment, decoder, width
+):
+    """model=gru512, model=cifg512 and model=cifg768 (the benchmark's train_<preset> stages) are
+    model/default with the decoder width and type of experiment=moses_gru512, experiment=moses
+    and experiment=moses_cifg768_160k, whose grammar mask, ring-size limit and matmul operand
+    type are training choices, not the architecture."""
     preset_cfg = _compose("config", [f"model={preset}"])["model"]
     default = _compose("config", [])["model"]
     recipe = _compose("config", [f"experiment={experiment}"])["model"]
-    assert preset_cfg["dec_hidden"] == recipe["dec_hidden"] == 512
+    assert preset_cfg["dec_hidden"] == recipe["dec_hidden"] == width
     assert preset_cfg["decoder"] == recipe["decoder"] == decoder
     changed = ("dec_hidden", "decoder")
     assert {k: v for k, v in preset_cfg.items() if k not in changed} == {
